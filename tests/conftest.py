@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny photo folders, a sample of the real mirror, and a
+throw-away copy of the repository for running DVC end to end."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "datasets" / "dogs-vs-cats" / "train.zip"
+
+
+def synthetic_photo(label: str, index: int, size: int = 48) -> Image.Image:
+    """A photo a tiny CNN can tell apart: cats are warm, dogs are cool, plus noise."""
+    rng = np.random.default_rng(index * 2 + (label == "dog"))
+    base = np.array([200, 120, 60] if label == "cat" else [60, 120, 200], dtype=np.float32)
+    pixels = base + rng.normal(0, 30, size=(size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def write_split_folders(root: Path, per_split: dict[str, int], size: int = 48) -> Path:
+    """Writes ``root/<split>/<label>/<label>.<n>.jpg`` and a minimal manifest.csv."""
+    rows = ["split,label,filename,sha256,width,height"]
+    index = 0
+    for split, count in per_split.items():
+        for label in ("cat", "dog"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(count):
+                index += 1
+                name = f"{label}.{index}.jpg"
+                synthetic_photo(label, index, size).save(folder / name, quality=90)
+                rows.append(f"{split},{label},{name},{index:064x},{size},{size}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    """A data/small look-alike: 12 / 6 / 6 synthetic photos per class."""
+    return write_split_folders(tmp_path / "small", {"train": 12, "validation": 6, "test": 6})
+
+
+def require_mirror() -> Path:
+    if not MIRROR.is_file():
+        pytest.fail(f"the data mirror {MIRROR} is missing: these tests need ../shared beside the repo")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def mirror_sample_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kaggle-layout zip holding the first 40 real cats and 40 real dogs of the mirror."""
+    mirror = require_mirror()
+    out = tmp_path_factory.mktemp("mirror") / "train-sample.zip"
+    with zipfile.ZipFile(mirror) as src, zipfile.ZipFile(out, "w") as dst:
+        for label in ("cat", "dog"):
+            for n in range(1, 41):
+                name = f"train/{label}.{n}.jpg"
+                dst.writestr(name, src.read(name))
+    return out
+
+
+def real_photos(n_per_class: int) -> list[tuple[str, bytes]]:
+    """``(label, jpeg bytes)`` of the first real photos of each class in the mirror."""
+    with zipfile.ZipFile(require_mirror()) as archive:
+        return [
+            (label, archive.read(f"train/{label}.{n}.jpg"))
+            for label in ("cat", "dog")
+            for n in range(1, n_per_class + 1)
+        ]
+
+
+def tracked_files(root: Path) -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout
+    return [line for line in out.splitlines() if line and (root / line).is_file()]
+
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Runs a command with the test interpreter's bin folder first on PATH."""
+    full_env = {
+        **os.environ, **GIT_ENV, **env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+TINY_PARAMS = {
+    "base": {"seed": 7, "image_size": 32},
+    "build_small_dataset": {"train_per_class": 16, "validation_per_class": 8, "test_per_class": 8, "min_side": 32},
+    **{
+        stage: {"epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.001, "steps_per_epoch": None}
+        for stage in ("scratch_cnn", "regularized_cnn")
+    },
+    "augmented_cnn": {"epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.0001, "steps_per_epoch": 3},
+}
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path, mirror_sample_zip: Path) -> Path:
+    """A committed copy of this repository whose params read a small sample of
+    the real mirror and train tiny models for a couple of epochs."""
+    copy = tmp_path / "repo"
+    for rel in tracked_files(ROOT):
+        dest = copy / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["download"]["sources"] = [{"location": str(mirror_sample_zip), "sha256": None}]
+    for section, values in TINY_PARAMS.items():
+        params.setdefault(section, {}).update(values)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], copy)
+    run(["git", "add", "-A"], copy)
+    run(["git", "commit", "-qm", "copy for a test"], copy)
+    return copy
+
+
+def jpeg_bytes(image: Image.Image, **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **save_args)
+    return buffer.getvalue()

@@ -1,0 +1,61 @@
+"""The DVC pipeline end to end in a throw-away copy of the repository, with a
+sample of the real photos and tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from catsdogs.tracking import EXPERIMENT_NAME
+
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+TRAINING_STAGES = ("scratch_cnn", "regularized_cnn", "augmented_cnn")
+
+
+def test_repro_builds_the_small_dataset_from_the_archive(repo_copy):
+    run(["dvc", "repro", "build_small_dataset"], repo_copy)
+    manifest = pd.read_csv(repo_copy / "data" / "small" / "manifest.csv")
+    counts = manifest.groupby(["split", "label"]).size().to_dict()
+    assert counts == {(s, l): n for s, n in (("train", 16), ("validation", 8), ("test", 8)) for l in ("cat", "dog")}
+    assert manifest["sha256"].is_unique
+    for row in manifest.itertuples():
+        assert (repo_copy / "data" / "small" / row.split / row.label / row.filename).is_file()
+    metrics = json.loads((repo_copy / "metrics" / "dataset.json").read_text())
+    assert "train" in json.dumps(metrics)
+    # Nothing changed: a second repro has nothing to do.
+    again = run(["dvc", "repro", "build_small_dataset"], repo_copy)
+    assert "didn't change" in again.stdout or "up to date" in again.stdout.lower()
+
+
+def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_copy):
+    run(["dvc", "repro"], repo_copy)
+    run(["git", "add", "-A"], repo_copy)
+    run(["git", "commit", "-qm", "lock"], repo_copy)
+
+    # A temp-dir experiment runs in .dvc/tmp/exps/..., yet logs to the project's store.
+    run(["dvc", "exp", "run", "--temp", "-n", "one-epoch", "-S", "scratch_cnn.epochs=1", "scratch_cnn"], repo_copy)
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dvc.exp_name` = 'one-epoch'")
+    assert len(runs) == 1
+    assert runs[0].data.tags["dvc.stage"] == "scratch_cnn"
+    assert runs[0].data.params["scratch_cnn.epochs"] == "1"
+    assert len(client.get_metric_history(runs[0].info.run_id, "val_accuracy")) == 1
+
+    # Editing one stage's epochs makes only that stage (and nothing upstream) stale.
+    params = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    params["scratch_cnn"]["epochs"] = 3
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(run(["dvc", "status", "--json"], repo_copy).stdout)
+    stale = {name for name in status}
+    assert "scratch_cnn" in stale
+    assert not stale & (set(TRAINING_STAGES) - {"scratch_cnn"} | {"download", "build_small_dataset"}), stale
