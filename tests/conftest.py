@@ -110,13 +110,20 @@ def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 TINY_PARAMS = {
-    "base": {"seed": 7, "image_size": 32},
+    "base": {"seed": 7, "image_size": 48},
     "build_small_dataset": {"train_per_class": 16, "validation_per_class": 8, "test_per_class": 8, "min_side": 32},
     **{
         stage: {"epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.001, "steps_per_epoch": None}
         for stage in ("scratch_cnn", "regularized_cnn")
     },
     "augmented_cnn": {"epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.0001, "steps_per_epoch": 3},
+    "vgg16": {"weights_file": None, "preprocessing": "imagenet", "feature_batch_size": 8},
+    "vgg16_features": {"epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.0001, "steps_per_epoch": None},
+    "vgg16_augmented": {"epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.00002, "steps_per_epoch": 2},
+    "fine_tune": {
+        "epochs": 2, "batch_size": 8, "optimizer": "rmsprop", "learning_rate": 0.00001, "steps_per_epoch": 2,
+        "trainable_from": "block4_conv1", "initial_head": "vgg16_augmented",
+    },
 }
 
 

@@ -72,7 +72,7 @@ def test_augmented_stage_writes_outputs_and_one_mlflow_run(tmp_path, small_datas
 
     # DVC outputs
     model = keras.saving.load_model(outputs.model)
-    assert model.input_shape == (None, 32, 32, 3)
+    assert model.input_shape == (None, 48, 48, 3)
     history = pd.read_csv(outputs.history)
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
     assert history["epoch"].tolist() == [1, 2, 3]
@@ -96,7 +96,7 @@ def test_augmented_stage_writes_outputs_and_one_mlflow_run(tmp_path, small_datas
     assert run.data.params["augmented_cnn.learning_rate"] == "0.0001"
     assert run.data.params["augmented_cnn.steps_per_epoch"] == "3"
     assert run.data.params["augmentation.rotation_degrees"] == "50.0"
-    assert run.data.params["base.image_size"] == "32"
+    assert run.data.params["base.image_size"] == "48"
     assert run.data.params["split.train.cat"] == "12"
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         values = client.get_metric_history(run.info.run_id, key)
@@ -110,7 +110,7 @@ def test_augmented_stage_writes_outputs_and_one_mlflow_run(tmp_path, small_datas
     version = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "augmented_cnn")
     assert version.run_id == run.info.run_id
 
-    photos = np.stack([np.asarray(keras.utils.load_img(p, target_size=(32, 32)), dtype=np.float32)
+    photos = np.stack([np.asarray(keras.utils.load_img(p, target_size=(48, 48)), dtype=np.float32)
                        for p in sorted((small_dataset / "test" / "dog").glob("*.jpg"))[:2]])
     served = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL_NAME}@augmented_cnn")
     np.testing.assert_allclose(np.asarray(served.predict(photos)).reshape(-1), model.predict(photos, verbose=0).reshape(-1), rtol=1e-5)

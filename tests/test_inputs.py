@@ -30,7 +30,8 @@ def make_split(root: Path, n_cat: int = 5, n_dog: int = 4) -> Path:
             ramp = np.linspace(0, 50, 24 + 3 * i, dtype=np.float32)[None, :, None]
             pixels = np.array([r, g + 10 * i, b], np.float32) + ramp
             pixels = np.broadcast_to(pixels, (20 + 2 * i, 24 + 3 * i, 3))
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{label}.{i}.jpg", quality=95)
+            photo = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+            photo.save(folder / f"{label}.{i}.jpg", quality=95)
     return root
 
 

@@ -32,9 +32,9 @@ def shear_factor(shear_degrees: float) -> float:
     """Converts ``ImageDataGenerator``'s ``shear_range`` to a ``RandomShear`` factor.
 
     ``shear_range`` is a shear angle in degrees: keras-team/keras#8868 switched
-    it from radians to degrees in December 2017 (Keras 2.1.3), before the
-    chapter was written, and keras-preprocessing and tf.keras kept degrees
-    (``apply_affine_transform`` calls ``np.deg2rad(shear)``). ``RandomShear``
+    it from radians to degrees in December 2017, months before the book, and
+    keras-preprocessing and tf.keras kept degrees (``apply_affine_transform``
+    calls ``np.deg2rad(shear)``). ``RandomShear``
     wants the shear as a slope, the tangent of that angle. The chapter's
     ``shear_range=0.2`` is therefore +-0.2 degrees, a slope of at most 0.0035:
     under half a pixel at 150x150, so faithfully reproduced it is almost a

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import keras
 
 from catsdogs import models
 from catsdogs.augmentation import make_augmentation
-from catsdogs.config import Params, flatten
+from catsdogs.config import Params
 from catsdogs.inputs import count_images, make_dataset
-from catsdogs.model_stage import StageOutputs, train_and_record
+from catsdogs.model_stage import StageOutputs, stage_params, train_and_record
+from catsdogs.reproducibility import make_deterministic
 
 # The augmented CNN is the regularized architecture fed augmented batches.
 ARCHITECTURES: dict[str, Callable[[int], keras.Model]] = {
@@ -20,24 +21,6 @@ ARCHITECTURES: dict[str, Callable[[int], keras.Model]] = {
     "augmented_cnn": models.build_regularized_cnn,
 }
 AUGMENTED = frozenset({"augmented_cnn"})
-
-
-def split_sizes(data_dir: Path) -> dict[str, int]:
-    """Photos per split and class, e.g. ``{"split.train.cat": 1500, ...}``, for MLflow."""
-    sizes = {}
-    for split in ("train", "validation"):
-        for label, n in count_images(data_dir / split).items():
-            sizes[f"split.{split}.{label}"] = n
-    return sizes
-
-
-def stage_params(params: Params, stage: str, data_dir: Path) -> dict[str, Any]:
-    """Every value a CNN stage reads from params.yaml, flat, plus the split sizes."""
-    flat = {**flatten(params.base, "base"), **flatten(getattr(params, stage), stage)}
-    if stage in AUGMENTED:
-        flat.update(flatten(params.augmentation, "augmentation"))
-    flat.update(split_sizes(data_dir))
-    return flat
 
 
 def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutputs) -> dict:
@@ -55,7 +38,7 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
     settings = getattr(params, stage)
     size, seed = params.base.image_size, params.base.seed
     models.check_image_size(stage, size)
-    models.make_deterministic(seed)
+    make_deterministic(seed)
     augment = make_augmentation(params.augmentation, seed) if stage in AUGMENTED else None
     train = make_dataset(
         data_dir / "train",
@@ -78,7 +61,7 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
         validation,
         settings,
         train_images=sum(count_images(data_dir / "train").values()),
-        run_params=stage_params(params, stage, data_dir),
+        run_params=stage_params(params, ("base", stage, *(("augmentation",) if stage in AUGMENTED else ())), data_dir),
         manifest=data_dir / "manifest.csv",
         outputs=outputs,
     )

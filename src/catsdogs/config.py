@@ -80,6 +80,30 @@ class TrainParams:
     steps_per_epoch: int | None = None
 
 
+VGG16_LAYERS = (
+    "block1_conv1", "block1_conv2", "block2_conv1", "block2_conv2",
+    "block3_conv1", "block3_conv2", "block3_conv3",
+    "block4_conv1", "block4_conv2", "block4_conv3",
+    "block5_conv1", "block5_conv2", "block5_conv3",
+)
+HEAD_SOURCES = ("none", "vgg16_features", "vgg16_augmented")
+
+
+@dataclass(frozen=True)
+class VGG16Params:
+    """Shared by every VGG16 stage."""
+
+    weights_file: str | None = None
+    preprocessing: str = "imagenet"
+    feature_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class FineTuneParams(TrainParams):
+    trainable_from: str = "block4_conv1"
+    initial_head: str = "vgg16_augmented"
+
+
 @dataclass(frozen=True)
 class Params:
     base: BaseParams = field(default_factory=BaseParams)
@@ -89,9 +113,15 @@ class Params:
     scratch_cnn: TrainParams = field(default_factory=TrainParams)
     regularized_cnn: TrainParams = field(default_factory=TrainParams)
     augmented_cnn: TrainParams = field(default_factory=TrainParams)
+    vgg16: VGG16Params = field(default_factory=VGG16Params)
+    vgg16_features: TrainParams = field(default_factory=TrainParams)
+    vgg16_augmented: TrainParams = field(default_factory=TrainParams)
+    fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
 
 
-TRAINING_STAGES = ("scratch_cnn", "regularized_cnn", "augmented_cnn")
+TRAINING_STAGES = (
+    "scratch_cnn", "regularized_cnn", "augmented_cnn", "vgg16_features", "vgg16_augmented", "fine_tune",
+)
 
 
 def _fail(key: str, message: str) -> ParamsError:
@@ -193,6 +223,15 @@ def _validate(params: Params) -> None:
             raise _fail(f"augmentation.{name}", f"must be in [0, 1) (got {value!r})")
     if not 0 <= aug.rotation_degrees <= 180:
         raise _fail("augmentation.rotation_degrees", f"must be in [0, 180] (got {aug.rotation_degrees!r})")
+    vgg = params.vgg16
+    if vgg.preprocessing not in VGG16_PREPROCESSING:
+        raise _fail("vgg16.preprocessing", f"unknown value {vgg.preprocessing!r}; allowed: {', '.join(VGG16_PREPROCESSING)}")
+    _positive("vgg16.feature_batch_size", vgg.feature_batch_size)
+    tune = params.fine_tune
+    if tune.trainable_from not in VGG16_LAYERS:
+        raise _fail("fine_tune.trainable_from", f"unknown layer {tune.trainable_from!r}; allowed: {', '.join(VGG16_LAYERS)}")
+    if tune.initial_head not in HEAD_SOURCES:
+        raise _fail("fine_tune.initial_head", f"unknown value {tune.initial_head!r}; allowed: {', '.join(HEAD_SOURCES)}")
     for stage in TRAINING_STAGES:
         train = getattr(params, stage)
         _positive(f"{stage}.epochs", train.epochs)

@@ -46,7 +46,7 @@ def count_images(split_dir: Path) -> dict[str, int]:
     }
 
 
-def _check_split(split_dir: Path) -> dict[str, int]:
+def _check_split(split_dir: Path) -> None:
     if not split_dir.is_dir():
         raise InputDataError(
             f"{split_dir}: folder not found; run `dvc repro build_small_dataset` "
@@ -60,7 +60,6 @@ def _check_split(split_dir: Path) -> dict[str, int]:
             f"label {empty[0]!r}); rebuild the data set with "
             "`dvc repro build_small_dataset`"
         )
-    return counts
 
 
 def _decoded_images(split_dir: Path, image_size: int) -> tf.data.Dataset:
@@ -119,8 +118,11 @@ def make_dataset(
         shuffle: shuffle the photos, with a new order each epoch.
         seed: seed of the shuffle.
         augment: random augmentation applied to each batch (called with
-            ``training=True``), e.g. from :func:`catsdogs.augmentation.make_augmentation`.
-            None for evaluation data.
+            ``training=True``), e.g. from
+            :func:`catsdogs.augmentation.make_augmentation`; None for
+            evaluation data. Its random state advances batch by batch, so a
+            freshly made augmentation with the same seed repeats the same
+            augmented batches.
         repeat: repeat forever (use with ``steps_per_epoch``).
         cache: True caches decoded photos in memory, a string caches them in
             that file, False decodes them again every epoch.
@@ -146,19 +148,24 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size)
-    ds = ds.map(
-        lambda images, labels: (tf.cast(images, tf.float32), labels),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    ds = ds.map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
+
+        def augment_batch(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return augment(images, training=True), labels
+
         # Sequential on purpose: Keras random layers keep their RNG state in a
         # variable that each call reads and advances, so parallel calls would
         # race for it and which batch gets which transformation would depend
         # on thread timing. One call at a time keeps augmentation
         # reproducible from the seed; the image ops inside still use both
         # cores, and prefetch overlaps them with training.
-        ds = ds.map(lambda images, labels: (augment(images, training=True), labels))
+        ds = ds.map(augment_batch)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_float(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(images, tf.float32), labels
 
 
 def load_split_arrays(

@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from catsdogs import tracking, training
-from catsdogs.config import TrainParams
+from catsdogs.config import Params, TrainParams, flatten
+from catsdogs.inputs import count_images
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,26 @@ class StageOutputs:
     @property
     def history(self) -> Path:
         return self.plots_dir / "history.csv"
+
+
+def stage_params(params: Params, sections: tuple[str, ...], data_dir: Path) -> dict[str, Any]:
+    """Every value a stage reads from params.yaml, flat, plus the split sizes.
+
+    Args:
+        params: the whole validated params.yaml.
+        sections: the sections the stage reads (as listed in dvc.yaml).
+        data_dir: the small dataset, whose train and validation photos are counted.
+
+    Returns:
+        ``{"<section>.<key>": value, ..., "split.train.cat": 1500, ...}``.
+    """
+    flat: dict[str, Any] = {}
+    for section in sections:
+        flat.update(flatten(getattr(params, section), section))
+    for split in ("train", "validation"):
+        for label, n in count_images(data_dir / split).items():
+            flat[f"split.{split}.{label}"] = n
+    return flat
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> Path:
@@ -68,6 +89,8 @@ def train_and_record(
     manifest: Path | None,
     outputs: StageOutputs,
     extra_tags: Mapping[str, str] | None = None,
+    deployable: keras.Model | None = None,
+    example: np.ndarray | None = None,
 ) -> dict:
     """Trains ``model`` inside the stage's MLflow run and writes its outputs.
 
@@ -82,12 +105,18 @@ def train_and_record(
         manifest: the dataset manifest, whose digest tags the run.
         outputs: where the model, metrics and history go.
         extra_tags: more MLflow tags (e.g. where the VGG16 weights came from).
+        deployable: the model to save and register when it is not ``model``
+            itself, e.g. VGG16 base + a head trained on bottleneck features;
+            it must take raw 0..255 RGB photos.
+        example: one raw photo as the registered model's input example; by
+            default the first photo of ``validation``.
 
     Returns:
         The summary written to ``outputs.metrics``.
     """
+    deployable = model if deployable is None else deployable
     with tracking.start_run(stage, run_params, manifest=manifest, extra_tags=extra_tags) as run:
-        run.log_model_summary(model)
+        run.log_model_summary(deployable)
         result = training.fit(
             model,
             train,
@@ -99,12 +128,13 @@ def train_and_record(
             callbacks=[run.callback()],
         )
         summary = training.summarize(result)
-        save_model_atomically(model, outputs.model)
+        save_model_atomically(deployable, outputs.model)
         training.write_history(result.history, outputs.history)
         training.write_metrics(summary, outputs.metrics)
         run.log_history(result.history)
         run.log_summary(summary)
-        version = run.log_model(model, example=example_photo(validation))
+        example = example_photo(validation) if example is None else example
+        version = run.log_model(deployable, example=example)
     print(
         f"{stage}: best val_accuracy {summary['best_val_accuracy']:.3f} at epoch {summary['best_epoch']}, "
         f"{summary['training_seconds']:.0f} s; registered cats-vs-dogs version {version} as @{stage}"
@@ -112,8 +142,17 @@ def train_and_record(
     return summary
 
 
-def model_stage_arguments(doc: str | None, argv: list[str] | None = None) -> argparse.Namespace:
+def model_stage_arguments(
+    doc: str | None,
+    argv: list[str] | None = None,
+    extra: list[tuple[str, type, str]] = (),
+) -> argparse.Namespace:
     """Parses the paths every model stage gets from dvc.yaml.
+
+    Args:
+        doc: the stage's usage text.
+        argv: the arguments; ``sys.argv`` by default.
+        extra: more required options as ``(flag, type, help)``.
 
     Returns:
         ``params`` and ``data`` paths, and ``outputs`` (a :class:`StageOutputs`).
@@ -124,6 +163,8 @@ def model_stage_arguments(doc: str | None, argv: list[str] | None = None) -> arg
     parser.add_argument("--model", type=Path, required=True, help="where the .keras model goes")
     parser.add_argument("--metrics", type=Path, required=True, help="where the metrics JSON goes")
     parser.add_argument("--plots", type=Path, required=True, help="folder of the history CSV")
+    for flag, kind, text in extra:
+        parser.add_argument(flag, type=kind, required=True, help=text)
     args = parser.parse_args(argv)
     args.outputs = StageOutputs(model=args.model, metrics=args.metrics, plots_dir=args.plots)
     return args

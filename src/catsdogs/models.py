@@ -249,3 +249,22 @@ def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> k
         metrics=["accuracy"],
     )
     return model
+
+
+def vgg16_preprocessing(preprocessing: str) -> keras.layers.Layer:
+    """The layer that turns raw 0..255 RGB pixels into VGG16's input.
+
+    Args:
+        preprocessing: ``"rescale"`` (divide by 255, as the chapter did) or
+            ``"imagenet"`` (:class:`ImageNetCaffePreprocessing`).
+
+    Raises:
+        ModelConfigError: preprocessing is unknown.
+    """
+    if preprocessing == "rescale":
+        return keras.layers.Rescaling(1.0 / 255, name="rescale")
+    if preprocessing == "imagenet":
+        return ImageNetCaffePreprocessing(name="imagenet_preprocessing")
+    raise ModelConfigError(
+        f"unknown VGG16 preprocessing {preprocessing!r}; allowed: {', '.join(VGG16_PREPROCESSING)}"
+    )

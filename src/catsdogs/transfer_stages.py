@@ -1,0 +1,168 @@
+"""Transfer learning from ImageNet VGG16: the vgg16_features, vgg16_augmented
+and fine_tune stages.
+
+VGG16 is used three ways, as in the chapter: a frozen feature extractor whose
+outputs are computed once and feed a small dense head; the same frozen base
+inside the model, trained on augmented photos; and blocks 4-5 unfrozen and
+fine-tuned at a very low learning rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from catsdogs import models
+from catsdogs.augmentation import make_augmentation
+from catsdogs.bottleneck import TransferError, load_features, vgg16_base
+from catsdogs.config import Params
+from catsdogs.inputs import count_images, make_dataset
+from catsdogs.model_stage import StageOutputs, example_photo, stage_params, train_and_record
+from catsdogs.reproducibility import make_deterministic
+from catsdogs.vgg16_weights import ResolvedWeights
+
+def weights_tags(resolved: ResolvedWeights) -> dict[str, str]:
+    """MLflow tags saying which ImageNet weights a run used."""
+    return {"vgg16.weights_source": str(resolved.source), "vgg16.weights_digest": resolved.digest}
+
+
+def _batches(features: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool, seed: int, repeat: bool) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle:
+        ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def train_vgg16_features(params: Params, *, features_dir: Path, data_dir: Path, outputs: StageOutputs) -> dict:
+    """Trains the dense head on the bottleneck features; saves base + head.
+
+    The head never sees a photo, so an epoch costs milliseconds; the saved and
+    registered model chains preprocessing, the frozen base and the trained
+    head, so it takes raw photos like every other stage's model.
+    """
+    stage, settings, seed = "vgg16_features", params.vgg16_features, params.base.seed
+    make_deterministic(seed)
+    train_x, train_y = load_features(features_dir, "train")
+    val_x, val_y = load_features(features_dir, "validation")
+    head = models.build_classifier_head(train_x.shape[1:])
+    models.compile_model(head, settings.optimizer, settings.learning_rate)
+    train = _batches(train_x, train_y, settings.batch_size, shuffle=True, seed=seed, repeat=settings.steps_per_epoch is not None)
+    validation = _batches(val_x, val_y, settings.batch_size, shuffle=False, seed=seed, repeat=False)
+    base, resolved = vgg16_base(params)
+    expected = tuple(base.output_shape[1:])
+    if tuple(train_x.shape[1:]) != expected:
+        raise TransferError(
+            f"bottleneck features in {features_dir} are {train_x.shape[1:]}, but VGG16 at "
+            f"base.image_size={params.base.image_size} gives {expected}: run `dvc repro vgg16_bottleneck`"
+        )
+    deployable = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
+    one_photo = make_dataset(
+        data_dir / "validation", image_size=params.base.image_size, batch_size=1, shuffle=False, seed=seed, cache=False
+    )
+    return train_and_record(
+        stage, head, train, validation, settings,
+        train_images=len(train_x),
+        run_params=stage_params(params, ("base", "vgg16", stage), data_dir),
+        manifest=data_dir / "manifest.csv",
+        outputs=outputs,
+        extra_tags=weights_tags(resolved),
+        deployable=deployable,
+        example=example_photo(one_photo),
+    )
+
+
+def _photo_batches(params: Params, settings, data_dir: Path) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    seed, size = params.base.seed, params.base.image_size
+    train = make_dataset(
+        data_dir / "train", image_size=size, batch_size=settings.batch_size, shuffle=True, seed=seed,
+        augment=make_augmentation(params.augmentation, seed), repeat=settings.steps_per_epoch is not None,
+    )
+    validation = make_dataset(data_dir / "validation", image_size=size, batch_size=settings.batch_size, shuffle=False, seed=seed)
+    return train, validation
+
+
+def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutputs) -> dict:
+    """Trains a new head on augmented photos through the frozen base."""
+    stage, settings = "vgg16_augmented", params.vgg16_augmented
+    make_deterministic(params.base.seed)
+    base, resolved = vgg16_base(params)
+    head = models.build_classifier_head(base.output_shape[1:])
+    model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
+    models.compile_model(model, settings.optimizer, settings.learning_rate)
+    train, validation = _photo_batches(params, settings, data_dir)
+    return train_and_record(
+        stage, model, train, validation, settings,
+        train_images=sum(count_images(data_dir / "train").values()),
+        run_params=stage_params(params, ("base", "vgg16", "augmentation", stage), data_dir),
+        manifest=data_dir / "manifest.csv",
+        outputs=outputs,
+        extra_tags=weights_tags(resolved),
+    )
+
+
+def unfreeze_from(base: keras.Model, first_trainable: str) -> list[str]:
+    """Makes ``first_trainable`` and every later layer of ``base`` trainable.
+
+    Returns:
+        The names of the layers that train.
+    """
+    names = [layer.name for layer in base.layers]
+    if first_trainable not in names:
+        raise TransferError(f"fine_tune.trainable_from: VGG16 has no layer {first_trainable!r}")
+    base.trainable = True
+    start = names.index(first_trainable)
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start
+    return [layer.name for layer in base.layers if layer.trainable and layer.weights]
+
+
+def initial_head_weights(source: str, model_paths: dict[str, Path]) -> list[np.ndarray] | None:
+    """The trained head of an earlier VGG16 stage's model, or None for a fresh head."""
+    if source == "none":
+        return None
+    path = model_paths[source]
+    if not path.is_file():
+        raise TransferError(f"fine_tune.initial_head={source}: {path} not found; run `dvc repro {source}` first")
+    trained = keras.saving.load_model(path, compile=False)
+    return trained.get_layer("classifier_head").get_weights()
+
+
+def fine_tune(params: Params, *, data_dir: Path, model_paths: dict[str, Path], outputs: StageOutputs) -> dict:
+    """Fine-tunes VGG16's later blocks and the head on augmented photos.
+
+    The head starts from ``fine_tune.initial_head``'s trained head so that
+    the large gradients of a random head do not wreck the pretrained blocks;
+    the model is compiled after the layers are unfrozen, which is what makes
+    the change take effect.
+    """
+    stage, settings = "fine_tune", params.fine_tune
+    make_deterministic(params.base.seed)
+    base, resolved = vgg16_base(params)
+    head = models.build_classifier_head(base.output_shape[1:])
+    weights = initial_head_weights(settings.initial_head, model_paths)
+    if weights is not None:
+        try:
+            head.set_weights(weights)
+        except ValueError as err:
+            raise TransferError(
+                f"fine_tune.initial_head={settings.initial_head}: its head does not fit VGG16 at "
+                f"base.image_size={params.base.image_size} ({err}); rerun `dvc repro {settings.initial_head}`"
+            ) from err
+    trainable = unfreeze_from(base, settings.trainable_from)
+    model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
+    models.compile_model(model, settings.optimizer, settings.learning_rate)
+    print(f"fine_tune: training {', '.join(trainable)} and the head")
+    train, validation = _photo_batches(params, settings, data_dir)
+    return train_and_record(
+        stage, model, train, validation, settings,
+        train_images=sum(count_images(data_dir / "train").values()),
+        run_params=stage_params(params, ("base", "vgg16", "augmentation", stage), data_dir),
+        manifest=data_dir / "manifest.csv",
+        outputs=outputs,
+        extra_tags={**weights_tags(resolved), "fine_tune.trainable_layers": ",".join(trainable)},
+    )

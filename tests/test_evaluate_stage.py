@@ -1,0 +1,228 @@
+"""The evaluate stage end to end: two tiny trained models, a SQLite MLflow
+store in a temp project, the stage script run first inside a (pretend)
+``dvc exp run`` and then as ``dvc repro`` would run it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import keras
+import pandas as pd
+import pytest
+import tensorflow as tf
+from mlflow import MlflowClient
+from PIL import Image
+
+from catsdogs import models
+from catsdogs.config import TrainParams
+from catsdogs.errors import CatsDogsError
+from catsdogs.inputs import make_dataset
+from catsdogs.model_stage import StageOutputs, train_and_record
+from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+
+from conftest import write_split_folders
+
+pytestmark = pytest.mark.slow  # trains two models and runs the stage twice
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 48  # the regularized network needs at least 46 pixels
+STAGES = ("scratch_cnn", "regularized_cnn")
+PARAMS_YAML = f"base:\n  seed: 3\n  image_size: {SIZE}\n"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_stage_script", ROOT / "stages" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def flipped(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    return dataset.map(lambda images, labels: (images, 1.0 - labels))
+
+
+def train_tiny(project: Path, data: Path, stage: str, *, wrong_labels: bool) -> None:
+    """Trains and records one tiny model as its stage would, in ``project``."""
+    keras.utils.set_random_seed(3)
+    settings = TrainParams(epochs=2, batch_size=8, optimizer="adam", learning_rate=1e-3)
+    train = make_dataset(data / "train", image_size=SIZE, batch_size=8, shuffle=True, seed=3)
+    validation = make_dataset(data / "validation", image_size=SIZE, batch_size=8, shuffle=False, seed=3)
+    if wrong_labels:  # a model that learns cats are dogs: the certain loser
+        train, validation = flipped(train), flipped(validation)
+    builder = models.build_scratch_cnn if stage == "scratch_cnn" else models.build_regularized_cnn
+    model = models.compile_model(builder(SIZE), settings.optimizer, settings.learning_rate)
+    train_and_record(
+        stage, model, train, validation, settings,
+        train_images=24, run_params={"stage": stage}, manifest=data / "manifest.csv",
+        outputs=StageOutputs(project / "models" / f"{stage}.keras", project / "metrics" / f"{stage}.json", project / "plots" / stage),
+    )
+    keras.backend.clear_session()
+
+
+def stage_argv() -> list[str]:
+    return [
+        "--params", "params.yaml", "--data", "data/small", "--models", "models", "--metrics-dir", "metrics",
+        "--out-metrics", "metrics/evaluation.json", "--reports", "reports", "--stages", ",".join(STAGES),
+    ]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Trains the two models, then runs evaluate inside an experiment and outside."""
+    project = tmp_path_factory.mktemp("project")
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "params.yaml").write_text(PARAMS_YAML)
+    data = write_split_folders(project / "data" / "small", {"train": 12, "validation": 6, "test": 6}, size=SIZE)
+    script = load_script()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for variable in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+            mp.delenv(variable, raising=False)
+        train_tiny(project, data, "scratch_cnn", wrong_labels=False)
+        train_tiny(project, data, "regularized_cnn", wrong_labels=True)
+        client = MlflowClient()
+
+        mp.setenv("DVC_EXP_NAME", "try-it")
+        mp.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+        script.main(stage_argv())
+        in_experiment = {
+            "aliases": dict(client.get_registered_model(REGISTERED_MODEL_NAME).aliases),
+            "markdown": (project / "reports" / "comparison.md").read_text(),
+        }
+        mp.delenv("DVC_EXP_NAME")
+        mp.delenv("DVC_EXP_BASELINE_REV")
+        script.main(stage_argv())
+        keras.backend.clear_session()
+        yield {"project": project, "client": client, "in_experiment": in_experiment, "script": script}
+
+
+def evaluate_runs(client):
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dvc.stage` = 'evaluate'",
+                              order_by=["attributes.start_time ASC"])
+    return runs
+
+
+def test_metrics_json_scores_each_model_and_names_the_champion(evaluated):
+    results = json.loads((evaluated["project"] / "metrics" / "evaluation.json").read_text())
+
+    assert set(results) == {*STAGES, "champion"}
+    assert results["champion"] == "scratch_cnn"
+    for stage in STAGES:
+        scores = results[stage]
+        assert set(scores) == {"test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "ms_per_image"}
+        assert all(0 <= scores[k] <= 1 for k in scores if k != "ms_per_image")
+        assert scores["ms_per_image"] > 0
+    # The model taught the wrong labels is worse than chance; the other is not.
+    assert results["regularized_cnn"]["test_accuracy"] < 0.5 < results["scratch_cnn"]["test_accuracy"]
+
+
+def test_comparison_table_has_training_validation_test_and_the_chapter(evaluated):
+    project = evaluated["project"]
+    table = pd.read_csv(project / "reports" / "comparison.csv")
+    results = json.loads((project / "metrics" / "evaluation.json").read_text())
+
+    assert table["model"].tolist() == list(STAGES)
+    assert table["training_photos"].tolist() == [24, 24]
+    assert table["epochs"].tolist() == [2, 2]
+    assert table["chapter_val_accuracy"].tolist() == [0.72, 0.78]
+    assert table["champion"].tolist() == [True, False]
+    for row in table.itertuples():
+        training = json.loads((project / "metrics" / f"{row.model}.json").read_text())
+        assert row.best_val_accuracy == pytest.approx(training["best_val_accuracy"])
+        assert row.training_seconds == pytest.approx(training["training_seconds"])
+        assert row.test_accuracy == pytest.approx(results[row.model]["test_accuracy"])
+        assert row.test_f1 == pytest.approx(results[row.model]["test_f1"])
+        assert row.test_roc_auc == pytest.approx(results[row.model]["test_roc_auc"])
+    markdown = (project / "reports" / "comparison.md").read_text()
+    assert "| **scratch_cnn** (champion) |" in markdown
+    assert "**Champion: scratch_cnn**, with the best test accuracy" in markdown
+    assert "now points to cats-vs-dogs version" in markdown
+
+
+def test_dvc_plot_files_hold_roc_points_and_per_photo_predictions(evaluated):
+    plots = evaluated["project"] / "reports" / "plots"
+    for stage in STAGES:
+        roc = pd.read_csv(plots / "roc" / f"{stage}.csv")
+        assert list(roc.columns) == ["fpr", "tpr"]
+        assert (roc.iloc[0].tolist(), roc.iloc[-1].tolist()) == ([0.0, 0.0], [1.0, 1.0])
+        predictions = pd.read_csv(plots / "predictions" / f"{stage}.csv")
+        assert list(predictions.columns) == ["actual", "predicted"]
+        assert predictions["actual"].tolist() == ["cat"] * 6 + ["dog"] * 6
+        assert set(predictions["predicted"]) <= {"cat", "dog"}
+    flipped_predictions = pd.read_csv(plots / "predictions" / "regularized_cnn.csv")
+    assert (flipped_predictions["actual"] != flipped_predictions["predicted"]).sum() > 6
+
+
+def test_figures_are_real_pngs(evaluated):
+    figures = evaluated["project"] / "reports" / "figures"
+    assert sorted(p.name for p in figures.iterdir()) == ["misclassified.png", "roc.png", "test_accuracy.png"]
+    for png in figures.iterdir():
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+            assert image.width >= 500 and image.height >= 150
+
+
+def test_evaluate_run_holds_reports_and_metrics(evaluated):
+    client = evaluated["client"]
+    runs = evaluate_runs(client)
+    assert [r.data.tags.get("dvc.exp_name") for r in runs] == ["try-it", None]
+    run = runs[-1]
+    assert run.info.run_name == "evaluate" and run.info.status == "FINISHED"
+    assert run.data.tags["champion.stage"] == "scratch_cnn"
+    assert run.data.tags["champion.promoted"] == "true"
+    assert runs[0].data.tags["champion.promoted"] == "false"
+    assert run.data.params["base.image_size"] == str(SIZE)
+    assert run.data.params["split.test.cat"] == "6"
+    results = json.loads((evaluated["project"] / "metrics" / "evaluation.json").read_text())
+    assert run.data.metrics["scratch_cnn.test_accuracy"] == pytest.approx(results["scratch_cnn"]["test_accuracy"])
+
+    def listing(path=None):
+        names = []
+        for item in client.list_artifacts(run.info.run_id, path):
+            names += listing(item.path) if item.is_dir else [item.path]
+        return names
+
+    artifacts = set(listing())
+    assert {
+        "metrics/evaluation.json", "reports/comparison.csv", "reports/comparison.md", "reports/per_class.csv",
+        "reports/classification_reports.md", "reports/figures/roc.png", "reports/figures/test_accuracy.png",
+        "reports/figures/misclassified.png", "reports/plots/roc/scratch_cnn.csv",
+        "reports/plots/predictions/regularized_cnn.csv",
+    } <= artifacts
+
+
+def test_each_model_run_gets_its_test_metrics(evaluated):
+    client = evaluated["client"]
+    results = json.loads((evaluated["project"] / "metrics" / "evaluation.json").read_text())
+    for stage in STAGES:
+        version = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, stage)
+        metrics = client.get_run(version.run_id).data.metrics
+        assert metrics["test_accuracy"] == pytest.approx(results[stage]["test_accuracy"])
+        assert metrics["test_f1"] == pytest.approx(results[stage]["test_f1"])
+        assert metrics["test_roc_auc"] == pytest.approx(results[stage]["test_roc_auc"])
+        assert metrics["test_ms_per_image"] == pytest.approx(results[stage]["ms_per_image"])
+        assert {"test_precision", "test_recall", "best_val_accuracy"} <= set(metrics)
+
+
+def test_champion_moves_only_outside_an_experiment(evaluated):
+    client = evaluated["client"]
+    assert "champion" not in evaluated["in_experiment"]["aliases"]
+    assert "try-it" in evaluated["in_experiment"]["markdown"]
+    assert "python -m catsdogs.champion promote --version" in evaluated["in_experiment"]["markdown"]
+
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "champion")
+    assert champion.version == client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "scratch_cnn").version
+
+
+def test_missing_model_names_the_file_and_the_stage(evaluated, monkeypatch):
+    project = evaluated["project"]
+    monkeypatch.chdir(project)
+    argv = stage_argv()
+    argv[argv.index("--stages") + 1] = "scratch_cnn,fine_tune"
+
+    with pytest.raises(CatsDogsError, match=r"models/fine_tune\.keras.*`dvc repro fine_tune`"):
+        evaluated["script"].main(argv)

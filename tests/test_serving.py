@@ -1,0 +1,149 @@
+"""`mlflow models serve` answers the registered champion's predictions (docs/serving.md).
+
+A 32x32 classifier is registered as @champion in a SQLite store in a temp
+project; the server runs as a subprocess on a free 127.0.0.1 port and the
+request body comes from `python -m catsdogs.cli request`, as documented.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from catsdogs import predict
+
+from conftest import real_photos, synthetic_photo
+from test_predict import SIZE, STAGE, new_project, register_classifier, warm_cool_classifier
+
+START_TIMEOUT_SECONDS = 90
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment, quiet, with this interpreter's scripts (uvicorn) first on PATH."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, unless `extra` says otherwise
+    return {**env, **extra}
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ends the server and the uvicorn process it started (its own process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project with the classifier registered as @scratch_cnn and @champion, and photos."""
+    root = new_project(tmp_path_factory.mktemp("served"))
+    model = warm_cool_classifier()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        register_classifier(root, STAGE, model, champion=True)
+    photos = []
+    for label, data in real_photos(1):
+        photos.append(root / f"real-{label}.jpg")
+        photos[-1].write_bytes(data)
+    photos.append(root / "synthetic-dog.png")
+    synthetic_photo("dog", 3, size=64).save(photos[-1])
+    return {"root": root, "model": model, "photos": photos}
+
+
+@pytest.fixture(scope="module")
+def server(project, tmp_path_factory):
+    """`mlflow models serve` of @champion; yields its URL and start-up seconds, then stops it."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "-m", "models:/cats-vs-dogs@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+    ]
+    env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{project['root']}/mlruns/mlflow.db")
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=project["root"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() - started > START_TIMEOUT_SECONDS:
+                pytest.fail(f"mlflow models serve did not answer /ping in {START_TIMEOUT_SECONDS} s:\n"
+                            f"{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.25)
+        seconds = time.monotonic() - started
+        print(f"\nmlflow models serve answered /ping after {seconds:.1f} s")
+        yield {"url": url, "start_seconds": seconds}
+    finally:
+        stop(process)
+
+
+def request_json(project: dict, *photos: Path) -> str:
+    """The documented recipe: `python -m catsdogs.cli request PHOTO... > request.json`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "catsdogs.cli", "request", *map(str, photos)],
+        cwd=project["root"], env=child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_served_champion_answers_like_the_keras_model(project, server):
+    body = request_json(project, *project["photos"])
+
+    answer = requests.post(
+        f"{server['url']}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
+
+    assert answer.status_code == 200, answer.text
+    served = np.array(answer.json()["predictions"], dtype=np.float32)
+    pixels = np.array(json.loads(body)["inputs"], dtype=np.float32)
+    assert pixels.shape == (3, SIZE, SIZE, 3)
+    np.testing.assert_allclose(served, project["model"].predict(pixels, verbose=0), rtol=1e-6)
+    # ... and like `catsdogs predict`, which decodes the photos the same way.
+    loaded = predict.LoadedModel(project["model"], "test", (SIZE, SIZE))
+    cli_p_dog = [r.p_dog for r in predict.predict_files(loaded, project["photos"])]
+    np.testing.assert_allclose(served[:, 0], cli_p_dog, rtol=1e-6)
+    assert served[2, 0] > 0.5  # the synthetic dog
+
+
+def test_a_body_at_the_wrong_size_is_refused_with_the_expected_shape(project, server):
+    body = {"inputs": np.zeros((1, SIZE + 1, SIZE + 1, 3), dtype=np.uint8).tolist()}
+
+    answer = requests.post(f"{server['url']}/invocations", json=body, timeout=60)
+
+    assert answer.status_code == 400
+    assert "32, 32, 3" in answer.text
+
