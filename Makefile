@@ -4,6 +4,8 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
+UI_PORT    ?= 5000
+SERVE_PORT ?= 5001
 # Stamp file: reinstall when a pin changes, not on every call.
 READY  := $(VENV)/.ready
 
@@ -15,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test
+.PHONY: help venv run test ui serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,3 +39,10 @@ run: $(READY) ## run the pipeline: dvc repro (only what changed reruns)
 
 test: $(READY) ## run the test suite
 	python -m pytest
+
+ui: $(READY) ## browse runs and registered models in the MLflow UI (UI_PORT=5000)
+	catsdogs ui --port $(UI_PORT)
+
+serve: $(READY) ## serve the champion model at http://127.0.0.1:$(SERVE_PORT)/invocations
+	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db mlflow models serve \
+		-m "models:/cats-vs-dogs@champion" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)

@@ -15,7 +15,8 @@ STAGES = DVC["stages"]
 OUTPUTS = {
     out if isinstance(out, str) else next(iter(out))
     for stage in STAGES.values()
-    for out in stage.get("outs", [])
+    for kind in ("outs", "metrics", "plots")
+    for out in stage.get(kind, [])
 }
 
 

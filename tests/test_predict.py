@@ -209,6 +209,13 @@ def test_a_missing_keras_file_says_how_to_make_it(tmp_path):
         predict.load_model(str(tmp_path / "nothere.keras"))
 
 
+def test_a_keras_file_that_is_no_model_is_a_clear_error(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"not a zip")
+
+    with pytest.raises(PredictError, match=r"model\.keras is not a Keras model .* `make run`"):
+        predict.load_model(str(tmp_path / "model.keras"))
+
+
 def test_a_path_that_is_not_a_keras_file_is_refused(tmp_path):
     with pytest.raises(PredictError, match=r"alias .* or a \.keras file"):
         predict.load_model(str(tmp_path / "model.h5"))

@@ -25,6 +25,8 @@ from catsdogs import predict
 from conftest import real_photos, synthetic_photo
 from test_predict import SIZE, STAGE, new_project, register_classifier, warm_cool_classifier
 
+pytestmark = pytest.mark.slow  # starts a model server: about 40 s
+
 START_TIMEOUT_SECONDS = 90
 
 

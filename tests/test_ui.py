@@ -126,7 +126,10 @@ def store(tmp_path_factory):
 def ui_server(store, tmp_path_factory):
     """The UI over the store, as `catsdogs ui` starts it; stopped after the tests."""
     port = free_port()
-    command = ui.ui_command(store["root"], port=port)
+    with pytest.MonkeyPatch.context() as mp:
+        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: an earlier test's store.
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        command = ui.ui_command(store["root"], port=port)
     env = {**os.environ, **ui.UI_ENVIRONMENT, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp_path_factory.mktemp("ui") / "ui.log"
@@ -161,7 +164,8 @@ def ui_server(store, tmp_path_factory):
                 server.wait(timeout=10)
 
 
-def test_ui_command_reads_the_project_store_without_an_artifact_proxy(store):
+def test_ui_command_reads_the_project_store_without_an_artifact_proxy(store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     command = ui.ui_command(store["root"], port=5123)
 
     def option(name: str) -> str:

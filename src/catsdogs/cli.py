@@ -1,13 +1,12 @@
-"""The ``catsdogs`` command: classify photos, build serving requests, open the MLflow UI.
+"""The catsdogs command: classify photos, build serving requests, open the MLflow UI.
 
     catsdogs predict PHOTO_OR_FOLDER... [--model champion] [--format table|csv|json]
     catsdogs request PHOTO... [--model champion] > request.json
     catsdogs ui [--port 5000]
 
-``--model`` is an alias of the registered model ``cats-vs-dogs`` (``champion``,
-the best model; or a stage: ``scratch_cnn``, ``regularized_cnn``,
-``augmented_cnn``, ``vgg16_features``, ``vgg16_augmented``, ``fine_tune``)
-or a ``.keras`` file such as ``models/fine_tune.keras``.
+--model is an alias of the registered model cats-vs-dogs (champion, the best
+model, or a stage: scratch_cnn, regularized_cnn, augmented_cnn, vgg16_features,
+vgg16_augmented, fine_tune) or a .keras file such as models/fine_tune.keras.
 
 Exit status: 0 when every photo was predicted, 1 when some could not be
 (each is reported, the others are still predicted), 2 for a usage error
@@ -24,8 +23,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from catsdogs.errors import CatsDogsError
+
+if TYPE_CHECKING:  # the real import loads TensorFlow, which `--help` should not wait for
+    from catsdogs.predict import Prediction
 
 PROG = "catsdogs"
 FORMATS = ("table", "csv", "json")
@@ -111,11 +114,11 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if any(result.error for result in results) else EXIT_OK
 
 
-def format_predictions(results: Sequence, fmt: str) -> str:
+def format_predictions(results: Sequence[Prediction], fmt: str) -> str:
     """Renders predictions as an aligned table, CSV or JSON.
 
     Args:
-        results: :class:`catsdogs.predict.Prediction` objects.
+        results: one per photo, from :func:`catsdogs.predict.predict_files`.
         fmt: ``table`` (file, label, P(dog) to 4 decimals, ``-`` on error),
             ``csv`` or ``json`` (``file``, ``label``, ``p_dog``, ``error``;
             empty / null where there is none).

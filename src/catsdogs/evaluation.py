@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-import catsdogs.models  # noqa: F401  (registers the layers saved VGG16 models hold, for load_model)
 from catsdogs import champion, reports, tracking
 from catsdogs.config import TRAINING_STAGES
 from catsdogs.errors import CatsDogsError
@@ -413,6 +412,40 @@ def run_evaluation(
         "base.image_size": image_size,
         **{f"split.test.{label}": int((labels == i).sum()) for i, label in enumerate(LABELS)},
     }
+    run_id = record_in_mlflow(
+        evaluations, versions, choice, promote,
+        run_params=run_params, manifest=manifest, files={"reports": reports_dir, "metrics": out_metrics}, root=root,
+    )
+    print(f"evaluate: champion {choice.winner.stage}, with {choice.reason}. {note}")
+    return EvaluationOutcome(tuple(evaluations), table, choice, promote, run_id)
+
+
+def record_in_mlflow(
+    evaluations: Sequence[ModelEvaluation],
+    versions: Mapping[str, tracking.RegisteredVersion | None],
+    choice: champion.Choice,
+    promote: bool,
+    *,
+    run_params: Mapping[str, object],
+    manifest: Path,
+    files: Mapping[str, Path],
+    root: Path,
+) -> str:
+    """Logs the ``evaluate`` run, adds test metrics to each model's run, moves the alias.
+
+    Args:
+        evaluations: each model's test results.
+        versions: each stage's registered version, or None.
+        choice: the champion choice.
+        promote: move the ``champion`` alias to the winner's version.
+        run_params: the evaluate run's params.
+        manifest: the dataset manifest, whose digest tags the run.
+        files: artifact folder -> local file or folder to log there.
+        root: the project root.
+
+    Returns:
+        The ``evaluate`` run's id.
+    """
     tags = {
         "champion.stage": choice.winner.stage,
         "champion.version": choice.winner.version or "none",
@@ -420,15 +453,14 @@ def run_evaluation(
     }
     with tracking.start_run("evaluate", run_params, manifest=manifest, extra_tags=tags, root=root) as run:
         run.log_summary({f"{e.stage}.{key}": value for e in evaluations for key, value in e.summary().items()})
-        tracking.log_artifacts(run.run_id, Path(reports_dir), "reports")
-        tracking.log_artifacts(run.run_id, Path(out_metrics), "metrics")
+        for folder, path in files.items():
+            tracking.log_artifacts(run.run_id, Path(path), folder)
         for e in evaluations:
             version = versions[e.stage]
             if version is not None and version.run_id:
                 tracking.log_run_metrics(version.run_id, e.run_metrics())
             else:
-                print(f"evaluate: {e.stage}: no registered version holds this model; its test metrics stay in this run only")
+                print(f"evaluate: {e.stage}: no registered version holds this model; its test metrics stay in the evaluate run")
         if promote:
             tracking.set_model_alias(champion.CHAMPION_ALIAS, choice.winner.version)
-    print(f"evaluate: champion {choice.winner.stage}, with {choice.reason}. {note}")
-    return EvaluationOutcome(tuple(evaluations), table, choice, promote, run.run_id)
+    return run.run_id

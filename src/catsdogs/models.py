@@ -1,9 +1,8 @@
 """The chapter's networks, as Keras functional-API builders.
 
 Every model takes raw 0..255 RGB pixels and does its own preprocessing first,
-so a saved ``.keras`` file can be fed photos as they are decoded. Import this
-module before ``keras.saving.load_model`` on a VGG16 classifier saved with
-``"imagenet"`` preprocessing: that registers its preprocessing layer.
+so a saved ``.keras`` file can be fed photos as they are decoded. Only
+built-in Keras layers are used, so saved models load without this package.
 
 Builders do not seed anything: call ``keras.utils.set_random_seed(seed)``
 before building for reproducible initial weights.
@@ -12,6 +11,7 @@ before building for reproducible initial weights.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from catsdogs.config import OPTIMIZERS, VGG16_PREPROCESSING
 from catsdogs.errors import CatsDogsError
@@ -156,24 +156,25 @@ def build_classifier_head(input_shape: tuple[int, ...], dropout: float = 0.3) ->
     return keras.Model(inputs, _dense_head(x, dropout), name="classifier_head")
 
 
-@keras.saving.register_keras_serializable(package="catsdogs")
-class ImageNetCaffePreprocessing(keras.layers.Layer):
-    """``keras.applications.vgg16.preprocess_input`` as a saveable layer.
+# ImageNet means of the B, G and R channels (keras.applications' values).
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def imagenet_preprocessing(name: str = "imagenet_preprocessing") -> keras.layers.Layer:
+    """``keras.applications.vgg16.preprocess_input`` as a frozen built-in layer.
 
     VGG16's ImageNet weights were trained on BGR pixels (0..255) minus the
-    ImageNet channel means ("caffe" mode); this layer does the same to raw
-    RGB pixels.
+    ImageNet channel means ("caffe" mode). A 1x1 convolution whose kernel
+    swaps R and B and whose bias subtracts the means does exactly that, and,
+    unlike a custom layer, loads anywhere without this package (in
+    ``mlflow models serve``, say).
     """
-
-    # ImageNet means of the B, G and R channels (keras.applications' values).
-    BGR_MEAN = (103.939, 116.779, 123.68)
-
-    def call(self, inputs):
-        bgr = keras.ops.flip(inputs, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(self.BGR_MEAN, dtype=bgr.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    layer = keras.layers.Conv2D(3, 1, trainable=False, name=name)
+    layer.build((None, None, None, 3))
+    # kernel[0, 0, i, o] = 1 where output channel o reads input channel 2 - o.
+    swap = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+    layer.set_weights([swap, -np.asarray(IMAGENET_BGR_MEAN, dtype="float32")])
+    return layer
 
 
 def build_vgg16_classifier(
@@ -192,7 +193,7 @@ def build_vgg16_classifier(
         image_size: side of the square RGB input in pixels (at least 32).
         preprocessing: ``"rescale"`` divides by 255, as the chapter did;
             ``"imagenet"`` does what VGG16's ImageNet weights expect
-            (:class:`ImageNetCaffePreprocessing`).
+            (:func:`imagenet_preprocessing`).
 
     Returns:
         An uncompiled model mapping raw pixels to P(dog).
@@ -202,22 +203,22 @@ def build_vgg16_classifier(
             preprocessing is unknown.
     """
     check_image_size("vgg16", image_size)
-    if preprocessing not in VGG16_PREPROCESSING:
-        raise ModelConfigError(
-            f"unknown VGG16 preprocessing {preprocessing!r}; "
-            f"allowed: {', '.join(VGG16_PREPROCESSING)}"
-        )
     expected = (image_size, image_size, 3)
     if tuple(base.input_shape[1:]) != expected:
         raise ValueError(f"base takes {base.input_shape[1:]}, not {expected}")
     inputs = keras.Input(shape=expected, name="pixels")
-    if preprocessing == "rescale":
-        x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
-    else:
-        x = ImageNetCaffePreprocessing(name="imagenet_preprocessing")(inputs)
+    x = vgg16_preprocessing(preprocessing)(inputs)
     x = base(x, training=False)
     outputs = head(x)
     return keras.Model(inputs, outputs, name="vgg16_classifier")
+
+
+# One class per name params.yaml allows (config.OPTIMIZERS).
+OPTIMIZER_CLASSES = {
+    "rmsprop": keras.optimizers.RMSprop,
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+}
 
 
 def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> keras.Model:
@@ -234,17 +235,12 @@ def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> k
     Raises:
         ModelConfigError: the optimizer is unknown.
     """
-    optimizers = {
-        "rmsprop": keras.optimizers.RMSprop,
-        "adam": keras.optimizers.Adam,
-        "sgd": keras.optimizers.SGD,
-    }
-    if optimizer not in OPTIMIZERS or optimizer not in optimizers:
+    if optimizer not in OPTIMIZER_CLASSES:
         raise ModelConfigError(
             f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}"
         )
     model.compile(
-        optimizer=optimizers[optimizer](learning_rate=learning_rate),
+        optimizer=OPTIMIZER_CLASSES[optimizer](learning_rate=learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
     )
@@ -256,7 +252,7 @@ def vgg16_preprocessing(preprocessing: str) -> keras.layers.Layer:
 
     Args:
         preprocessing: ``"rescale"`` (divide by 255, as the chapter did) or
-            ``"imagenet"`` (:class:`ImageNetCaffePreprocessing`).
+            ``"imagenet"`` (:func:`imagenet_preprocessing`).
 
     Raises:
         ModelConfigError: preprocessing is unknown.
@@ -264,7 +260,7 @@ def vgg16_preprocessing(preprocessing: str) -> keras.layers.Layer:
     if preprocessing == "rescale":
         return keras.layers.Rescaling(1.0 / 255, name="rescale")
     if preprocessing == "imagenet":
-        return ImageNetCaffePreprocessing(name="imagenet_preprocessing")
+        return imagenet_preprocessing()
     raise ModelConfigError(
         f"unknown VGG16 preprocessing {preprocessing!r}; allowed: {', '.join(VGG16_PREPROCESSING)}"
     )

@@ -13,6 +13,7 @@ answers.
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,6 @@ import mlflow.keras
 import numpy as np
 import tensorflow as tf
 
-# Registers ImageNetCaffePreprocessing, which VGG16 classifiers saved with
-# "imagenet" preprocessing need before keras.saving.load_model can read them.
-import catsdogs.models  # noqa: F401
 from catsdogs import tracking
 from catsdogs.errors import CatsDogsError
 from catsdogs.inputs import IMAGE_SUFFIXES, LABELS
@@ -108,8 +106,7 @@ def load_model(spec: str = DEFAULT_MODEL, root: Path | None = None) -> LoadedMod
 
     Raises:
         PredictError: the file is missing or not a Keras model, or the alias
-            or the registered model does not exist (the message lists the
-            aliases that do).
+            does not exist (the message lists the aliases that do).
         tracking.TrackingError: the MLflow store does not exist or cannot be reached.
     """
     if is_alias(spec):
@@ -127,7 +124,13 @@ def _load_file(path: Path) -> keras.Model:
         )
     if not path.is_file():
         raise PredictError(f"model file {path} not found; `make run` writes models/<stage>.keras")
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, zipfile.BadZipFile) as err:
+        # Keras says "File not found" for a file that is there but is no .keras zip.
+        raise PredictError(
+            f"model file {path} is not a Keras model ({err}); rebuild it with `make run`"
+        ) from err
 
 
 def _load_registered(alias: str, root: Path) -> tuple[keras.Model, str]:
@@ -142,8 +145,8 @@ def _load_registered(alias: str, root: Path) -> tuple[keras.Model, str]:
         )
     version = aliases[alias]
     stage = client.get_model_version(tracking.REGISTERED_MODEL_NAME, version).tags.get("dvc.stage")
-    # Where the version's files are, asked of this client: a models:/ URI would
-    # be resolved against MLflow's default registry (./mlflow.db), not `uri`.
+    # Where the version's files are, asked of this client: download_artifacts
+    # resolves a models:/ URI with the default registry, not the one passed.
     location = client.get_model_version_download_uri(tracking.REGISTERED_MODEL_NAME, version)
     local = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri)
     model = mlflow.keras.load_model(local, load_model_kwargs={"compile": False})

@@ -127,6 +127,12 @@ def _number(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _count(value: object) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{int(value):,}"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
     """A GitHub-flavoured Markdown table; ``align`` holds one ``l`` or ``r`` per column."""
     rule = ["---:" if a == "r" else ":---" for a in align]
@@ -159,8 +165,8 @@ def comparison_markdown(table: pd.DataFrame, *, test_photos: int, choice: Choice
         rows.append([
             name,
             DESCRIPTIONS.get(row.model, ""),
-            f"{row.training_photos:,}",
-            str(row.epochs),
+            _count(row.training_photos),
+            _count(row.epochs),
             format_duration(row.training_seconds),
             _number(row.best_val_accuracy),
             chapter,

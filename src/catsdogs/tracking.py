@@ -208,6 +208,20 @@ def run_tags(
     return {**tags, **(extra or {})}
 
 
+def point_mlflow_at(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect on the environment.
+
+    MLflow also exports the URI as ``MLFLOW_TRACKING_URI``; left there, every
+    later :func:`tracking_uri` would take it for the user's own override.
+    """
+    given = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if given is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = given
+
+
 def use_experiment(root: Path) -> str:
     """Points MLflow at the store and returns the id of the ``cats-vs-dogs`` experiment.
 
@@ -225,7 +239,7 @@ def use_experiment(root: Path) -> str:
     if local:
         (root / STORE_DIR).mkdir(parents=True, exist_ok=True)
     check_tracking_server(uri)
-    mlflow.set_tracking_uri(uri)
+    point_mlflow_at(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is not None:
@@ -432,7 +446,7 @@ def use_store(root: Path | None = None) -> str:
     root = Path(root).resolve() if root is not None else project_root()
     uri = tracking_uri(root)
     check_tracking_server(uri)
-    mlflow.set_tracking_uri(uri)
+    point_mlflow_at(uri)
     return uri
 
 
