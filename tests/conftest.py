@@ -1,18 +1,26 @@
-"""Shared fixtures: tiny photo folders, a sample of the real mirror, and a
-throw-away copy of the repository for running DVC end to end."""
+"""Shared fixtures: tiny photo folders, a sample of the real mirror, a
+throw-away copy of the repository for running DVC end to end, and a server
+subprocess on a free 127.0.0.1 port."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+import requests
 import yaml
 from PIL import Image
 
@@ -151,3 +159,75 @@ def jpeg_bytes(image: Image.Image, **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", **save_args)
     return buffer.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Ends a process started in its own session and every child it started (e.g. uvicorn workers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    ready_url: str,
+    name: str,
+    log_path: Path,
+    timeout: float,
+) -> Iterator[float]:
+    """Runs a server subprocess until the ``with`` block ends.
+
+    The server runs in its own session (so stopping it also stops its
+    workers), with stdout and stderr in ``log_path``; the test fails with the
+    log's tail if it exits or ``ready_url`` does not answer OK in time.
+
+    Args:
+        command: The server's command line.
+        cwd: The folder it runs in.
+        env: Its whole environment.
+        ready_url: A URL that answers OK once the server is ready, e.g. ``.../ping``.
+        name: What messages call the server, e.g. ``"mlflow ui"``.
+        log_path: Where its output goes.
+        timeout: Seconds to wait for ``ready_url``.
+
+    Returns:
+        A context manager yielding the seconds the server took to answer.
+    """
+    ready_path = urlsplit(ready_url).path
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() - started > timeout:
+                pytest.fail(f"{name} did not answer {ready_path} in {timeout} s:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(ready_url, timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass  # not listening yet
+            time.sleep(0.25)
+        seconds = time.monotonic() - started
+        print(f"\n{name} answered {ready_path} after {seconds:.1f} s")
+        yield seconds
+    finally:
+        stop_process_group(process)

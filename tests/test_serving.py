@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +19,12 @@ import requests
 
 from catsdogs import predict
 
-from conftest import real_photos, synthetic_photo
+from conftest import free_port, real_photos, running_server, synthetic_photo
 from test_predict import SIZE, STAGE, new_project, register_classifier, warm_cool_classifier
 
 pytestmark = pytest.mark.slow  # starts a model server: about 40 s
 
 START_TIMEOUT_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -46,17 +37,6 @@ def child_env(**extra: str) -> dict[str, str]:
     }
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's own store, unless `extra` says otherwise
     return {**env, **extra}
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Ends the server and the uvicorn process it started (its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -80,36 +60,21 @@ def project(tmp_path_factory):
 def server(project, tmp_path_factory):
     """`mlflow models serve` of @champion; yields its URL and start-up seconds, then stops it."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [
         sys.executable, "-m", "mlflow", "models", "serve",
         "-m", "models:/cats-vs-dogs@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
     ]
-    env = child_env(MLFLOW_TRACKING_URI=f"sqlite:///{project['root']}/mlruns/mlflow.db")
     url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, cwd=project["root"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() - started > START_TIMEOUT_SECONDS:
-                pytest.fail(f"mlflow models serve did not answer /ping in {START_TIMEOUT_SECONDS} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.25)
-        seconds = time.monotonic() - started
-        print(f"\nmlflow models serve answered /ping after {seconds:.1f} s")
+    with running_server(
+        command,
+        cwd=project["root"],
+        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{project['root']}/mlruns/mlflow.db"),
+        ready_url=f"{url}/ping",
+        name="mlflow models serve",
+        log_path=tmp_path_factory.mktemp("serve") / "serve.log",
+        timeout=START_TIMEOUT_SECONDS,
+    ) as seconds:
         yield {"url": url, "start_seconds": seconds}
-    finally:
-        stop(process)
 
 
 def request_json(project: dict, *photos: Path) -> str:

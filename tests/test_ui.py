@@ -13,19 +13,17 @@ import html.parser
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 from mlflow.entities import Metric, Param
 
 from catsdogs import tracking, ui
 
-from conftest import ROOT
+from conftest import ROOT, free_port, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +92,6 @@ def render(url: str, screenshot: Path, profile: Path) -> str:
     return " ".join(parser.parts)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A project store with one finished run per stage, logging per-epoch and summary metrics."""
@@ -132,36 +124,17 @@ def ui_server(store, tmp_path_factory):
         command = ui.ui_command(store["root"], port=port)
     env = {**os.environ, **ui.UI_ENVIRONMENT, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log_path = tmp_path_factory.mktemp("ui") / "ui.log"
     url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            command, cwd=store["root"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow ui exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.monotonic() - started > START_TIMEOUT_SECONDS:
-                pytest.fail(f"mlflow ui did not answer /health in {START_TIMEOUT_SECONDS} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.25)
-        print(f"\nmlflow ui answered /health after {time.monotonic() - started:.1f} s")
+    with running_server(
+        command,
+        cwd=store["root"],
+        env=env,
+        ready_url=f"{url}/health",
+        name="mlflow ui",
+        log_path=tmp_path_factory.mktemp("ui") / "ui.log",
+        timeout=START_TIMEOUT_SECONDS,
+    ):
         yield url
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
 
 
 def test_ui_command_reads_the_project_store_without_an_artifact_proxy(store, monkeypatch):

@@ -27,9 +27,9 @@ from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
+from catsdogs.classes import LABELS
 from catsdogs.errors import CatsDogsError
 
-LABELS = ("cat", "dog")
 PHOTO_SUFFIXES = (".jpg", ".jpeg")
 EXPECTED_LAYOUTS = (
     "Kaggle's train/cat.N.jpg and train/dog.N.jpg, "

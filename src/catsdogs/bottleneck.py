@@ -12,13 +12,11 @@ import keras
 import numpy as np
 
 from catsdogs import models
+from catsdogs.classes import SPLITS
 from catsdogs.config import Params
 from catsdogs.errors import CatsDogsError
 from catsdogs.inputs import load_split_arrays
 from catsdogs.vgg16_weights import ResolvedWeights, build_vgg16_base, resolve_vgg16_weights
-
-FEATURE_SPLITS = ("train", "validation", "test")
-
 
 class TransferError(CatsDogsError):
     """A transfer-learning input is missing or does not fit."""
@@ -60,7 +58,7 @@ def extract_bottleneck_features(params: Params, *, data_dir: Path, out_dir: Path
     print(f"VGG16 ImageNet weights: {resolved.source} ({resolved.path})")
     out_dir.mkdir(parents=True, exist_ok=True)
     shapes = {}
-    for split in FEATURE_SPLITS:
+    for split in SPLITS:
         images, labels, paths = load_split_arrays(data_dir / split, image_size=params.base.image_size)
         print(f"{split}: {len(images)} photos through VGG16")
         features = extractor.predict(images, batch_size=params.vgg16.feature_batch_size, verbose=1)

@@ -36,12 +36,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from catsdogs.classes import LABELS, SPLITS
 from catsdogs.config import DatasetParams
 from catsdogs.errors import CatsDogsError
 from catsdogs.images import DECODE_REASONS, PhotoRecord, Skip, inspect_photo
 
-SPLITS = ("train", "validation", "test")
-LABELS = ("cat", "dog")  # a label's index here is its class number: cat = 0, dog = 1
 PHOTO_SUFFIX = ".jpg"
 
 # Reasons added by this module to those of catsdogs.images.

@@ -13,9 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from catsdogs.classes import LABELS
 from catsdogs.errors import CatsDogsError
-
-LABELS = ("cat", "dog")  # index = label: cat = 0, dog = 1
 
 # The file types image_dataset_from_directory loads; counting the same ones
 # keeps count_images in step with what the datasets yield.

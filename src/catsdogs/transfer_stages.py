@@ -24,6 +24,7 @@ from catsdogs.model_stage import StageOutputs, example_photo, stage_params, trai
 from catsdogs.reproducibility import make_deterministic
 from catsdogs.vgg16_weights import ResolvedWeights
 
+
 def weights_tags(resolved: ResolvedWeights) -> dict[str, str]:
     """MLflow tags saying which ImageNet weights a run used."""
     return {"vgg16.weights_source": str(resolved.source), "vgg16.weights_digest": resolved.digest}
@@ -76,14 +77,24 @@ def train_vgg16_features(params: Params, *, features_dir: Path, data_dir: Path, 
     )
 
 
-def _photo_batches(params: Params, settings, data_dir: Path) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    seed, size = params.base.seed, params.base.image_size
+def _train_on_augmented_photos(
+    stage: str, model: keras.Model, params: Params, *, data_dir: Path, outputs: StageOutputs, tags: dict[str, str]
+) -> dict:
+    """Trains a compiled VGG16 classifier on augmented photos and records the stage."""
+    settings, seed, size = getattr(params, stage), params.base.seed, params.base.image_size
     train = make_dataset(
         data_dir / "train", image_size=size, batch_size=settings.batch_size, shuffle=True, seed=seed,
         augment=make_augmentation(params.augmentation, seed), repeat=settings.steps_per_epoch is not None,
     )
     validation = make_dataset(data_dir / "validation", image_size=size, batch_size=settings.batch_size, shuffle=False, seed=seed)
-    return train, validation
+    return train_and_record(
+        stage, model, train, validation, settings,
+        train_images=sum(count_images(data_dir / "train").values()),
+        run_params=stage_params(params, ("base", "vgg16", "augmentation", stage), data_dir),
+        manifest=data_dir / "manifest.csv",
+        outputs=outputs,
+        extra_tags=tags,
+    )
 
 
 def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutputs) -> dict:
@@ -94,15 +105,7 @@ def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutpu
     head = models.build_classifier_head(base.output_shape[1:])
     model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
     models.compile_model(model, settings.optimizer, settings.learning_rate)
-    train, validation = _photo_batches(params, settings, data_dir)
-    return train_and_record(
-        stage, model, train, validation, settings,
-        train_images=sum(count_images(data_dir / "train").values()),
-        run_params=stage_params(params, ("base", "vgg16", "augmentation", stage), data_dir),
-        manifest=data_dir / "manifest.csv",
-        outputs=outputs,
-        extra_tags=weights_tags(resolved),
-    )
+    return _train_on_augmented_photos(stage, model, params, data_dir=data_dir, outputs=outputs, tags=weights_tags(resolved))
 
 
 def unfreeze_from(base: keras.Model, first_trainable: str) -> list[str]:
@@ -157,12 +160,5 @@ def fine_tune(params: Params, *, data_dir: Path, model_paths: dict[str, Path], o
     model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
     models.compile_model(model, settings.optimizer, settings.learning_rate)
     print(f"fine_tune: training {', '.join(trainable)} and the head")
-    train, validation = _photo_batches(params, settings, data_dir)
-    return train_and_record(
-        stage, model, train, validation, settings,
-        train_images=sum(count_images(data_dir / "train").values()),
-        run_params=stage_params(params, ("base", "vgg16", "augmentation", stage), data_dir),
-        manifest=data_dir / "manifest.csv",
-        outputs=outputs,
-        extra_tags={**weights_tags(resolved), "fine_tune.trainable_layers": ",".join(trainable)},
-    )
+    tags = {**weights_tags(resolved), "fine_tune.trainable_layers": ",".join(trainable)}
+    return _train_on_augmented_photos(stage, model, params, data_dir=data_dir, outputs=outputs, tags=tags)
