@@ -11,13 +11,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from catsdogs.config import TRAINING_STAGES
 from catsdogs.tracking import EXPERIMENT_NAME
 
 from conftest import run
 
 pytestmark = pytest.mark.slow
-
-TRAINING_STAGES = ("scratch_cnn", "regularized_cnn", "augmented_cnn")
 
 
 def test_repro_builds_the_small_dataset_from_the_archive(repo_copy):
@@ -56,6 +55,13 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     params["scratch_cnn"]["epochs"] = 3
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], repo_copy).stdout)
-    stale = {name for name in status}
+    stale = set(status)
     assert "scratch_cnn" in stale
     assert not stale & (set(TRAINING_STAGES) - {"scratch_cnn"} | {"download", "build_small_dataset"}), stale
+
+    # Retraining the VGG16 head on features never recomputes the features.
+    params["vgg16_features"]["learning_rate"] = 0.001
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stale = set(json.loads(run(["dvc", "status", "--json"], repo_copy).stdout))
+    assert "vgg16_features" in stale
+    assert "vgg16_bottleneck" not in stale
