@@ -136,7 +136,7 @@ def _load_file(path: Path) -> keras.Model:
 def _load_registered(alias: str, root: Path) -> tuple[keras.Model, str]:
     uri = store_uri(root)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    aliases = registered_aliases(client)
+    aliases = tracking.registered_aliases(client)
     if alias not in aliases:
         known = ", ".join(sorted(aliases)) or "none yet"
         raise PredictError(
@@ -181,20 +181,6 @@ def store_uri(root: Path) -> str:
     else:
         tracking.check_tracking_server(uri)
     return uri
-
-
-def registered_aliases(client: mlflow.MlflowClient) -> dict[str, str]:
-    """Returns ``{alias: version}`` of ``cats-vs-dogs``, empty if it is not registered yet."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-
-    try:
-        model = client.get_registered_model(tracking.REGISTERED_MODEL_NAME)
-    except MlflowException as err:
-        if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise
-        return {}
-    return {alias: str(version) for alias, version in model.aliases.items()}
 
 
 def input_size(model: keras.Model) -> tuple[int, int]:

@@ -450,6 +450,22 @@ def use_store(root: Path | None = None) -> str:
     return uri
 
 
+def _registered_model(client: mlflow.MlflowClient):
+    """The ``cats-vs-dogs`` registered model, or None before anything was registered."""
+    try:
+        return client.get_registered_model(REGISTERED_MODEL_NAME)
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+
+
+def registered_aliases(client: mlflow.MlflowClient | None = None) -> dict[str, str]:
+    """Returns ``{alias: version}`` of ``cats-vs-dogs``; empty before anything was registered."""
+    model = _registered_model(client or mlflow.MlflowClient())
+    return {} if model is None else {alias: str(version) for alias, version in model.aliases.items()}
+
+
 def registered_versions() -> list[RegisteredVersion]:
     """Lists every version of ``cats-vs-dogs`` in the current store, oldest first.
 
@@ -458,12 +474,9 @@ def registered_versions() -> list[RegisteredVersion]:
         when nothing was registered yet.
     """
     client = mlflow.MlflowClient()
-    try:
-        model = client.get_registered_model(REGISTERED_MODEL_NAME)
-    except MlflowException as err:
-        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return []
-        raise
+    model = _registered_model(client)
+    if model is None:
+        return []
     # Search results carry no aliases on every store; the registered model does.
     aliases: dict[str, list[str]] = {}
     for alias, version in model.aliases.items():
