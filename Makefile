@@ -17,10 +17,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test ui serve
+.PHONY: help venv run test ui serve estimate book bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 venv: $(READY) ## create .venv with the pinned dependencies (done by run and test)
 
@@ -36,6 +36,15 @@ $(READY): requirements.lock requirements-vgg16.txt pyproject.toml
 
 run: $(READY) ## run the pipeline: dvc repro (only what changed reruns)
 	dvc repro
+
+estimate: $(READY) ## time a few steps of each model here and estimate the run's duration
+	python -m catsdogs.estimate $(if $(PROFILE),--profile $(PROFILE))
+
+book: $(READY) ## the chapter's exact settings (meant for a GPU): estimate, then dvc exp run
+	python -m catsdogs.profiles book
+
+bench: run ## measure speeds against the targets; writes reports/benchmark.json
+	python -m catsdogs.benchmark
 
 test: $(READY) ## run the test suite
 	python -m pytest

@@ -3,7 +3,7 @@ r"""Scores every trained model on the test photos, compares them and names the c
 Usage (as dvc.yaml runs it)::
 
     python stages/evaluate.py --params params.yaml --data data/small --models models \
-        --metrics-dir metrics --out-metrics metrics/evaluation.json --reports reports
+        --metrics-dir metrics --out-metrics metrics/evaluation.json --reports reports/evaluation
 
 ``--stages scratch_cnn,fine_tune`` compares only those models (all six by
 default). Outside ``dvc exp run`` the alias ``champion`` of ``cats-vs-dogs``

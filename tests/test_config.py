@@ -68,7 +68,9 @@ def test_flatten_names_every_value():
     flat = flatten(params.download, "download")
     assert flat["download.sources.0.location"].endswith("train.zip")
     assert flat["download.max_entry_mb"] == params.download.max_entry_mb
-    assert flatten(params.base, "base") == {"base.seed": params.base.seed, "base.image_size": params.base.image_size}
+    assert flatten(params.base, "base") == {
+        "base.seed": params.base.seed, "base.image_size": params.base.image_size, "base.precision": params.base.precision,
+    }
 
 
 def test_params_yaml_has_every_section_it_documents():

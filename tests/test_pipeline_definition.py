@@ -83,3 +83,14 @@ def test_mlruns_is_never_a_dvc_output():
         for out in stage.get("outs", []):
             path = out if isinstance(out, str) else next(iter(out))
             assert not path.startswith("mlruns"), name
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_declares_its_timing_metric(name):
+    metrics = [m if isinstance(m, str) else next(iter(m)) for m in STAGES[name].get("metrics", [])]
+    assert f"metrics/timings/{name}.json" in metrics, f"{name}: run_stage writes its timing but dvc.yaml does not declare it"
+
+
+def test_stage_script_runs_through_run_stage_with_its_own_name():
+    for name, stage in STAGES.items():
+        assert f'run_stage("{name}", main)' in _script(stage).read_text(), name

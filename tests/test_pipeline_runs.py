@@ -11,6 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from catsdogs.benchmark import stage_timings
 from catsdogs.config import TRAINING_STAGES
 from catsdogs.tracking import EXPERIMENT_NAME
 
@@ -36,6 +37,11 @@ def test_repro_builds_the_small_dataset_from_the_archive(repo_copy):
 
 def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_copy):
     run(["dvc", "repro"], repo_copy)
+    # Every stage recorded its cost where make bench reads it, and DVC shows it.
+    timings = stage_timings(repo_copy / "metrics" / "timings")
+    assert all(t["wall_seconds"] > 1 and t["peak_memory_mib"] > 50 for t in timings.values()), timings
+    shown = run(["dvc", "metrics", "show", "--json"], repo_copy).stdout
+    assert "metrics/timings/fine_tune.json" in shown
     run(["git", "add", "-A"], repo_copy)
     run(["git", "commit", "-qm", "lock"], repo_copy)
 
@@ -47,6 +53,7 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dvc.exp_name` = 'one-epoch'")
     assert len(runs) == 1
     assert runs[0].data.tags["dvc.stage"] == "scratch_cnn"
+    assert runs[0].data.tags["precision"] == "float32" and runs[0].data.tags["device"].startswith("CPU")
     assert runs[0].data.params["scratch_cnn.epochs"] == "1"
     assert len(client.get_metric_history(runs[0].info.run_id, "val_accuracy")) == 1
 

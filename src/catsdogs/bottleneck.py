@@ -16,6 +16,7 @@ from catsdogs.classes import SPLITS
 from catsdogs.config import Params
 from catsdogs.errors import CatsDogsError
 from catsdogs.inputs import load_split_arrays
+from catsdogs.runtime import configure_runtime
 from catsdogs.vgg16_weights import ResolvedWeights, build_vgg16_base, resolve_vgg16_weights
 
 class TransferError(CatsDogsError):
@@ -53,6 +54,7 @@ def extract_bottleneck_features(params: Params, *, data_dir: Path, out_dir: Path
     Returns:
         The features' shape per split.
     """
+    configure_runtime(params.base.precision)
     base, resolved = vgg16_base(params)
     extractor = feature_extractor(base, params)
     print(f"VGG16 ImageNet weights: {resolved.source} ({resolved.path})")

@@ -13,6 +13,7 @@ from catsdogs.config import Params
 from catsdogs.inputs import count_images, make_dataset
 from catsdogs.model_stage import StageOutputs, stage_params, train_and_record
 from catsdogs.reproducibility import make_deterministic
+from catsdogs.runtime import configure_runtime
 
 # The augmented CNN is the regularized architecture fed augmented batches.
 ARCHITECTURES: dict[str, Callable[[int], keras.Model]] = {
@@ -39,6 +40,7 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
     size, seed = params.base.image_size, params.base.seed
     models.check_image_size(stage, size)
     make_deterministic(seed)
+    configure_runtime(params.base.precision)
     augment = make_augmentation(params.augmentation, seed) if stage in AUGMENTED else None
     train = make_dataset(
         data_dir / "train",

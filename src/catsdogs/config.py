@@ -20,6 +20,8 @@ from catsdogs.errors import CatsDogsError
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 VGG16_PREPROCESSING = ("rescale", "imagenet")
+# Keras dtype policies; auto is mixed_float16 on a GPU, float32 on the CPU.
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 class ParamsError(CatsDogsError, ValueError):
@@ -42,6 +44,7 @@ class Source:
 class BaseParams:
     seed: int = 42
     image_size: int = 150
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,8 @@ def _positive(key: str, value: int | float | None, allow_none: bool = False) -> 
 
 def _validate(params: Params) -> None:
     _positive("base.image_size", params.base.image_size)
+    if params.base.precision not in PRECISIONS:
+        raise _fail("base.precision", f"unknown value {params.base.precision!r}; allowed: {', '.join(PRECISIONS)}")
     _positive("download.max_entry_mb", params.download.max_entry_mb)
     ds = params.build_small_dataset
     for name in ("train_per_class", "validation_per_class", "test_per_class", "min_side"):

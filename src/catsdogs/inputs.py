@@ -61,7 +61,7 @@ def _check_split(split_dir: Path) -> None:
         )
 
 
-def _decoded_images(split_dir: Path, image_size: int) -> tf.data.Dataset:
+def decoded_images(split_dir: Path, image_size: int) -> tf.data.Dataset:
     """Unbatched (uint8 image, float32 label) pairs in sorted file order."""
     split_dir = Path(split_dir)
     _check_split(split_dir)
@@ -135,7 +135,7 @@ def make_dataset(
         InputDataError: the split folder or one of its label folders is
             missing or empty.
     """
-    ds = _decoded_images(Path(split_dir), image_size)
+    ds = decoded_images(Path(split_dir), image_size)
     n_images = len(ds.file_paths)
     if cache is True:
         ds = ds.cache()
@@ -185,7 +185,7 @@ def load_split_arrays(
         InputDataError: the split folder or one of its label folders is
             missing or empty.
     """
-    ds = _decoded_images(Path(split_dir), image_size)
+    ds = decoded_images(Path(split_dir), image_size)
     paths = [Path(p) for p in ds.file_paths]
     batches = list(ds.batch(256).as_numpy_iterator())
     images = np.concatenate([b[0] for b in batches]).astype(np.float32)

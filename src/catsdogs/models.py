@@ -105,7 +105,8 @@ def build_scratch_cnn(image_size: int) -> keras.Model:
     """
     inputs, x = _conv_stack("scratch_cnn", image_size)
     x = keras.layers.Dense(512, activation="relu", name="dense")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_dog")(x)
+    # float32 even under mixed precision: a float16 sigmoid saturates and the loss needs full precision.
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_dog", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="scratch_cnn")
 
 
@@ -136,7 +137,7 @@ def _dense_head(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
     for i in (1, 2):
         x = keras.layers.Dense(512, activation="relu", name=f"dense{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
-    return keras.layers.Dense(1, activation="sigmoid", name="p_dog")(x)
+    return keras.layers.Dense(1, activation="sigmoid", name="p_dog", dtype="float32")(x)
 
 
 def build_classifier_head(input_shape: tuple[int, ...], dropout: float = 0.3) -> keras.Model:

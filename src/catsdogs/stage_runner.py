@@ -1,21 +1,81 @@
-"""Runs a stage's ``main`` and turns user-facing errors into one clear message."""
+"""Runs a stage's ``main``: one clear message for user errors, and a record
+of the stage's wall time and peak memory.
+
+Every stage writes ``metrics/timings/<stage>.json`` (a DVC metric), so
+``dvc metrics show`` lists what each stage cost and ``make bench`` can add
+them up.
+"""
 
 from __future__ import annotations
 
+import json
+import resource
 import sys
+import time
+from pathlib import Path
 from typing import Callable
+
+import psutil
 
 from catsdogs.errors import CatsDogsError
 
+TIMINGS_DIR = Path("metrics/timings")
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Calls ``main``; a :class:`CatsDogsError` exits 1 with its message only.
+
+def timing_path(name: str) -> Path:
+    """Where a stage's wall time and peak memory go."""
+    return TIMINGS_DIR / f"{name}.json"
+
+
+def peak_memory_mib() -> float:
+    """The most resident memory this process has held so far, in MiB."""
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process began, imports included (TensorFlow's take seconds)."""
+    return time.time() - psutil.Process().create_time()
+
+
+def record_timing(name: str, path: Path | None = None) -> dict:
+    """Writes the stage's wall time so far and its peak memory.
+
+    Args:
+        name: the DVC stage name.
+        path: where to write; :func:`timing_path` by default.
+
+    Returns:
+        ``{"stage", "wall_seconds", "peak_memory_mib"}``.
+    """
+    path = timing_path(name) if path is None else path
+    record = {
+        "stage": name,
+        "wall_seconds": round(seconds_since_process_start(), 2),
+        "peak_memory_mib": round(peak_memory_mib(), 1),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def run_stage(name: str, main: Callable[[], None], timings: Path | None = None) -> None:
+    """Calls ``main`` then records the stage's cost; a :class:`CatsDogsError`
+    exits 1 with its message only.
 
     Any other exception is a bug and keeps its traceback.
+
+    Args:
+        name: the DVC stage name.
+        main: the stage's work.
+        timings: where the wall time and peak memory go
+            (``metrics/timings/<name>.json`` by default).
     """
     try:
         main()
     except CatsDogsError as err:
         print(f"\n{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
-
+    record = record_timing(name, timings)
+    print(f"{name}: {record['wall_seconds']:.0f} s in all, peak memory {record['peak_memory_mib']:.0f} MiB")

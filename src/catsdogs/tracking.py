@@ -160,16 +160,18 @@ def _git(workdir: Path, *args: str) -> str:
 
 
 def runtime_tags() -> dict[str, str]:
-    """Returns the Python, TensorFlow and Keras versions and the training device."""
+    """Returns the Python, TensorFlow and Keras versions, the device and the dtype policy."""
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
-    names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
+    from catsdogs.runtime import detect_device
+
+    device, _ = detect_device()
     return {
         "python.version": platform.python_version(),
         "tensorflow.version": tf.__version__,
         "keras.version": keras.__version__,
-        "device": ", ".join(names) or "CPU",
+        "device": device,
+        "precision": keras.config.dtype_policy().name,
     }
 
 

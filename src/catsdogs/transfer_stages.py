@@ -22,6 +22,7 @@ from catsdogs.config import Params
 from catsdogs.inputs import count_images, make_dataset
 from catsdogs.model_stage import StageOutputs, example_photo, stage_params, train_and_record
 from catsdogs.reproducibility import make_deterministic
+from catsdogs.runtime import configure_runtime
 from catsdogs.vgg16_weights import ResolvedWeights
 
 
@@ -48,6 +49,7 @@ def train_vgg16_features(params: Params, *, features_dir: Path, data_dir: Path, 
     """
     stage, settings, seed = "vgg16_features", params.vgg16_features, params.base.seed
     make_deterministic(seed)
+    configure_runtime(params.base.precision)
     train_x, train_y = load_features(features_dir, "train")
     val_x, val_y = load_features(features_dir, "validation")
     head = models.build_classifier_head(train_x.shape[1:])
@@ -101,6 +103,7 @@ def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutpu
     """Trains a new head on augmented photos through the frozen base."""
     stage, settings = "vgg16_augmented", params.vgg16_augmented
     make_deterministic(params.base.seed)
+    configure_runtime(params.base.precision)
     base, resolved = vgg16_base(params)
     head = models.build_classifier_head(base.output_shape[1:])
     model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
@@ -145,6 +148,7 @@ def fine_tune(params: Params, *, data_dir: Path, model_paths: dict[str, Path], o
     """
     stage, settings = "fine_tune", params.fine_tune
     make_deterministic(params.base.seed)
+    configure_runtime(params.base.precision)
     base, resolved = vgg16_base(params)
     head = models.build_classifier_head(base.output_shape[1:])
     weights = initial_head_weights(settings.initial_head, model_paths)
