@@ -40,8 +40,8 @@ run: $(READY) ## run the pipeline: dvc repro (only what changed reruns)
 estimate: $(READY) ## time a few steps of each model here and estimate the run's duration
 	python -m catsdogs.estimate $(if $(PROFILE),--profile $(PROFILE))
 
-book: $(READY) ## the chapter's exact settings (meant for a GPU): estimate, then dvc exp run
-	python -m catsdogs.profiles book
+book: $(READY) ## the chapter's exact settings (for a GPU): estimate, then dvc exp run (BOOK_ARGS=--dry-run)
+	python -m catsdogs.profiles book $(BOOK_ARGS)
 
 bench: run ## measure speeds against the targets; writes reports/benchmark.json
 	python -m catsdogs.benchmark

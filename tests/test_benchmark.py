@@ -66,10 +66,12 @@ def test_run_benchmark_measures_every_figure(small_dataset, tmp_path, capsys):
     assert result["peak_memory_gib"] == pytest.approx((1000 + len(STAGES) - 1) / 1024, abs=0.01)
     assert set(result["images_per_second"]) == {
         "decode_resize", "chapter_numpy_loading", "augmented_pipeline",
-        "scratch_cnn.train", "augmented_cnn.train", "fine_tune.train", "vgg16_extraction",
+        "scratch_cnn.train", "augmented_cnn.train", "augmented_cnn.train_without_augmentation",
+        "fine_tune.train", "vgg16_extraction",
     }
     assert all(v > 0 for v in result["images_per_second"].values())
     assert 0 < result["vgg16_flops"]["fraction_of_matmul"] < 1.5
+    assert result["augmented_epoch_speedup_ceiling"] > 0
     assert result["augmented_epoch_seconds"]["steps"] == 3  # 24 photos in batches of 8
     assert set(result["met"]) == {"pipeline_minutes", "peak_memory_gib", "augmented_epoch_speedup", "loading_speedup"}
     json.dumps(result)  # all of it can be written

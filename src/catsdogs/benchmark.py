@@ -172,6 +172,16 @@ def run_benchmark(params: Params, data_dir: Path, *, timings_dir: Path = TIMINGS
     scratch = models.compile_model(models.build_scratch_cnn(size), "rmsprop", params.scratch_cnn.learning_rate)
     rates["scratch_cnn.train"] = speed.train_rate(scratch, plain, steps=30, batch_size=batch)
     say(f"Training step, scratch_cnn: {rates['scratch_cnn.train']:.1f} photos/s")
+    # The same model on cached photos with no augmentation at all: no input
+    # pipeline can make the augmented epoch faster than this.
+    bare = models.compile_model(models.build_regularized_cnn(size), "rmsprop", params.augmented_cnn.learning_rate)
+    rates["augmented_cnn.train_without_augmentation"] = speed.train_rate(bare, plain, steps=30, batch_size=batch)
+    result["augmented_epoch_speedup_ceiling"] = round(
+        chapter_epoch / (steps * batch / rates["augmented_cnn.train_without_augmentation"]), 2
+    )
+    say(f"Training step, augmented_cnn's model without augmentation: "
+        f"{rates['augmented_cnn.train_without_augmentation']:.1f} photos/s, so no input pipeline can beat "
+        f"the chapter's epoch by more than {result['augmented_epoch_speedup_ceiling']:.2f}x on this machine")
     say(f"Training step, augmented_cnn: {rates['augmented_cnn.train']:.1f} photos/s")
     tuned = speed.vgg16_model(size, trainable_from=params.fine_tune.trainable_from, preprocessing=params.vgg16.preprocessing)
     models.compile_model(tuned, "rmsprop", params.fine_tune.learning_rate)

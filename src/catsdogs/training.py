@@ -20,6 +20,38 @@ import tensorflow as tf
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
 
+class DurationEstimate(keras.callbacks.Callback):
+    """Prints, a few steps into training, how long the whole fit will take.
+
+    The first step is left out (it traces the graph); a validation batch is
+    counted as a third of a training step (a forward pass without the
+    backward one). Printed once, so a long run says early what it costs.
+    """
+
+    def __init__(self, validation_batches: int, label: str = "training", timed_steps: int = 3) -> None:
+        super().__init__()
+        self.validation_batches = validation_batches
+        self.label = label
+        self.timed_steps = timed_steps
+        self.started: float | None = None
+        self.estimate_seconds: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.estimate_seconds is not None or self.params.get("steps") is None:
+            return
+        if batch == 0:
+            self.started = time.perf_counter()
+        elif batch == self.timed_steps and self.started is not None:
+            per_step = (time.perf_counter() - self.started) / self.timed_steps
+            steps, epochs = self.params["steps"], self.params["epochs"]
+            self.estimate_seconds = epochs * per_step * (steps + self.validation_batches / 3)
+            print(
+                f"\n{self.label}: about {self.estimate_seconds / 60:.1f} min for {epochs} epochs of {steps} steps "
+                f"({per_step:.2f} s a step on this machine)",
+                flush=True,
+            )
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     """What one call of :func:`fit` produced."""
@@ -58,13 +90,15 @@ def fit(
     Returns:
         The history, the wall time of ``fit`` and the training images seen.
     """
+    # Unknown (-2) or infinite (-1) cardinality: leave validation out of the estimate.
+    validation_batches = max(int(validation.cardinality()), 0) if isinstance(validation, tf.data.Dataset) else 0
     started = time.perf_counter()
     history = model.fit(
         train,
         validation_data=validation,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=list(callbacks),
+        callbacks=[DurationEstimate(validation_batches, label=model.name), *callbacks],
         verbose=verbose,
     )
     seconds = time.perf_counter() - started
