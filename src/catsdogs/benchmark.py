@@ -93,8 +93,8 @@ def augmented_epoch_seconds(data: Any, params: Params, steps: int) -> float:
     keras.utils.set_random_seed(params.base.seed)
     model = models.build_regularized_cnn(params.base.image_size)
     models.compile_model(model, settings.optimizer, settings.learning_rate)
-    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # builds the graph, untimed
-    return speed.timed(lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0))
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # builds the graph, untimed
+    return speed.timed(lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False))
 
 
 def noop_repro_seconds(repeats: int = 3) -> list[float]:

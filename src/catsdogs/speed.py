@@ -34,18 +34,33 @@ def random_photos(n: int, image_size: int, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, size=(n, image_size, image_size, 3)).astype(np.float32)
 
 
-def train_rate(model: keras.Model, dataset: tf.data.Dataset, *, steps: int, batch_size: int) -> float:
+class _StepClock(keras.callbacks.Callback):
+    """Notes the time at the end of every training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.times.append(time.perf_counter())
+
+
+def train_rate(model: keras.Model, dataset: tf.data.Dataset, *, steps: int, batch_size: int, warmup: int = 2) -> float:
     """Images per second of ``steps`` training steps of a compiled model.
+
+    Timed between the ends of steps inside one ``fit``, so neither tracing
+    the graph nor starting the input pipeline (filling a shuffle buffer,
+    decoding into a cache) is counted.
 
     Args:
         model: compiled.
         dataset: repeating batches of (images, labels).
-        steps: steps timed, after one untimed step that builds the graph.
+        steps: steps timed, after ``warmup`` untimed ones.
         batch_size: images per step.
     """
-    model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
-    seconds = timed(lambda: model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0))
-    return steps * batch_size / seconds
+    clock = _StepClock()
+    model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+    return steps * batch_size / (clock.times[-1] - clock.times[warmup - 1])
 
 
 def in_memory_batches(image_size: int, batch_size: int, augment: keras.layers.Layer | None = None) -> tf.data.Dataset:
