@@ -36,6 +36,8 @@ def test_committed_params_load():
         ({"download": {"sources": [{"location": "x.zip", "sha256": "abc"}]}}, "download.sources[0].sha256", "64 hexadecimal"),
         ({"download": {"sources": [{"path": "x.zip"}]}}, "download.sources[0]", "location"),
         ({"build_small_dataset": {"test_per_class": None}}, "build_small_dataset.test_per_class", "must be set"),
+        ({"fine_tune": {"learning_rate": "fast"}}, "fine_tune.learning_rate", "must be a number"),
+        ({"fine_tune": {"learning_rate": "nan"}}, "fine_tune.learning_rate", "finite"),
     ],
 )
 def test_bad_values_name_the_key(raw, key, hint):
@@ -43,6 +45,13 @@ def test_bad_values_name_the_key(raw, key, hint):
         parse_params(raw)
     assert key in str(err.value)
     assert hint in str(err.value)
+
+
+def test_a_learning_rate_as_dvc_writes_it_is_a_number(tmp_path):
+    # `dvc exp run -S fine_tune.learning_rate=1e-5` writes `1e-05`, a string to PyYAML.
+    path = tmp_path / "params.yaml"
+    path.write_text("fine_tune:\n  learning_rate: 1e-05\n")
+    assert load_params(path).fine_tune.learning_rate == 1e-5
 
 
 def test_sources_accept_plain_strings_and_lowercase_digests():

@@ -72,3 +72,14 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     stale = set(json.loads(run(["dvc", "status", "--json"], repo_copy).stdout))
     assert "vgg16_features" in stale
     assert "vgg16_bottleneck" not in stale
+
+
+def test_dvc_exp_run_applies_the_book_profile_as_the_profile_says(repo_copy):
+    # Only the download stage runs: this checks that DVC takes every -S value
+    # of the profile and writes params.yaml so that it loads as the book.
+    from catsdogs.config import load_params
+    from catsdogs.profiles import load_params_with_profile, load_profile, set_arguments
+
+    expected = load_params_with_profile(repo_copy / "params.yaml", "book")
+    run(["dvc", "exp", "run", "-n", "book-check", *set_arguments(load_profile("book")), "download"], repo_copy)
+    assert load_params(repo_copy / "params.yaml") == expected

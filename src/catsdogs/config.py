@@ -148,6 +148,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             raise _fail(key, f"must be a whole number (got {value!r})")
         return value
     if kind == "float":
+        if isinstance(value, str):
+            # `dvc exp run -S lr=1e-5` writes 1e-05, a number in YAML 1.2 but a
+            # string to PyYAML's YAML 1.1, which wants a dot in the mantissa.
+            try:
+                value = float(value)
+            except ValueError:
+                raise _fail(key, f"must be a number (got {value!r})") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(key, f"must be a number (got {value!r})")
         if not math.isfinite(value):
