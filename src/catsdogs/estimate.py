@@ -23,6 +23,7 @@ import tensorflow as tf
 from catsdogs import models, speed
 from catsdogs.augmentation import make_augmentation
 from catsdogs.config import Params, TrainParams
+from catsdogs.profiles import load_params_with_profile
 from catsdogs.runtime import configure_runtime
 
 # Start-up and wrap-up of one stage process outside training (import
@@ -162,8 +163,6 @@ def print_estimate(params: Params, counts: Counts | None = None, steps: int = 3)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from catsdogs.profiles import load_params_with_profile
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--profile", default=None, help="a profile of profiles/ applied on top, e.g. book")

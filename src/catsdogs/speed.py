@@ -19,6 +19,7 @@ from PIL import Image
 
 from catsdogs import models
 from catsdogs.inputs import IMAGE_SUFFIXES
+from catsdogs.transfer_stages import unfreeze_from
 
 
 def timed(work: Callable[[], object]) -> float:
@@ -102,11 +103,9 @@ def vgg16_convolutional_base(image_size: int) -> keras.Model:
 def vgg16_model(image_size: int, *, trainable_from: str | None, preprocessing: str = "imagenet") -> keras.Model:
     """A VGG16 classifier like the stages', base frozen or trainable from a layer."""
     base = vgg16_convolutional_base(image_size)
-    base.trainable = trainable_from is not None
+    base.trainable = False
     if trainable_from is not None:
-        names = [layer.name for layer in base.layers]
-        for i, layer in enumerate(base.layers):
-            layer.trainable = i >= names.index(trainable_from)
+        unfreeze_from(base, trainable_from)
     head = models.build_classifier_head(base.output_shape[1:])
     return models.build_vgg16_classifier(base, head, image_size, preprocessing)
 
