@@ -39,7 +39,11 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     run(["dvc", "repro"], repo_copy)
     # Every stage recorded its cost where make bench reads it, and DVC shows it.
     timings = stage_timings(repo_copy / "metrics" / "timings")
-    assert all(t["wall_seconds"] > 0 and t["peak_memory_mib"] > 50 for t in timings.values()), timings
+    assert set(timings) >= set(TRAINING_STAGES) | {"download", "build_small_dataset", "evaluate"}, timings
+    assert all(t["wall_seconds"] > 0 and t["peak_memory_mib"] > 0 for t in timings.values()), timings
+    # A stage that only copies files may stay near 30 MiB; one that loads
+    # TensorFlow and trains a model cannot: the figure is the stage's own peak.
+    assert all(timings[stage]["peak_memory_mib"] > 200 for stage in TRAINING_STAGES), timings
     shown = run(["dvc", "metrics", "show", "--json"], repo_copy).stdout
     assert "metrics/timings/fine_tune.json" in shown
     run(["git", "add", "-A"], repo_copy)
