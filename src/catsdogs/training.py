@@ -98,6 +98,8 @@ def fit(
         validation_data=validation,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
+        # The datasets shuffle themselves; Keras' default (True) only warns on them.
+        shuffle=False,
         callbacks=[DurationEstimate(validation_batches, label=model.name), *callbacks],
         verbose=verbose,
     )
