@@ -28,6 +28,33 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT.parent / "shared" / "datasets" / "dogs-vs-cats" / "train.zip"
 
 
+# What a `make run` leaves in the project: the tests must never write there.
+PIPELINE_OUTPUTS = ("data", "models", "metrics", "plots", "reports", "mlruns", "dvc.lock")
+
+
+def output_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """``{path: (size, mtime_ns)}`` of every file among the pipeline's outputs in ``root``."""
+    snapshot = {}
+    for name in PIPELINE_OUTPUTS:
+        top = root / name
+        for path in [top] if top.is_file() else top.rglob("*"):
+            if path.is_file():
+                stat = path.stat()
+                snapshot[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    return snapshot
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_outputs_untouched() -> Iterator[None]:
+    """Fails the session if a test wrote into the project's own outputs,
+    e.g. a stage script run from the project folder recording its timing."""
+    before = output_snapshot(ROOT)
+    yield
+    after = output_snapshot(ROOT)
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert not changed, f"tests changed the project's pipeline outputs: {changed[:10]}"
+
+
 def synthetic_photo(label: str, index: int, size: int = 48) -> Image.Image:
     """A photo a tiny CNN can tell apart: cats are warm, dogs are cool, plus noise."""
     rng = np.random.default_rng(index * 2 + (label == "dog"))
@@ -88,12 +115,18 @@ def real_photos(n_per_class: int) -> list[tuple[str, bytes]]:
         ]
 
 
-def tracked_files(root: Path) -> list[str]:
+def code_files(root: Path) -> list[str]:
+    """The files a fresh clone of ``root`` has, plus uncommitted new ones.
+
+    Not dvc.lock (never committed): after a ``make run`` it describes the
+    full-size run, whose cache a copy does not have, and ``dvc exp run`` in
+    the copy would fail restoring its outputs.
+    """
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=root, capture_output=True, text=True, check=True,
     ).stdout
-    return [line for line in out.splitlines() if line and (root / line).is_file()]
+    return [line for line in out.splitlines() if line and line != "dvc.lock" and (root / line).is_file()]
 
 
 GIT_ENV = {
@@ -140,7 +173,7 @@ def repo_copy(tmp_path: Path, mirror_sample_zip: Path) -> Path:
     """A committed copy of this repository whose params read a small sample of
     the real mirror and train tiny models for a couple of epochs."""
     copy = tmp_path / "repo"
-    for rel in tracked_files(ROOT):
+    for rel in code_files(ROOT):
         dest = copy / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest)

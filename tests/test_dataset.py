@@ -456,13 +456,16 @@ def test_stage_script_end_to_end(messy_raw: Path, tmp_path: Path) -> None:
         "--raw", str(messy_raw), "--out", str(tmp_path / "small"), "--metrics", str(tmp_path / "m" / "dataset.json"),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    # From tmp_path: the stage records its timing in ./metrics/timings, which
+    # from the project folder would overwrite the real run's.
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "train      3 cat, 3 dog" in done.stdout
     assert json.loads((tmp_path / "m" / "dataset.json").read_text())["total"] == 14
+    assert json.loads((tmp_path / "metrics" / "timings" / "build_small_dataset.json").read_text())["wall_seconds"] > 0
 
     params.write_text("build_small_dataset: {train_per_class: 100}\n")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert done.returncode == 1
     assert "build_small_dataset: error: class 'cat' needs 1100 photos" in done.stderr
     assert "Traceback" not in done.stderr

@@ -15,7 +15,7 @@ from catsdogs.benchmark import stage_timings
 from catsdogs.config import TRAINING_STAGES
 from catsdogs.tracking import EXPERIMENT_NAME
 
-from conftest import run
+from conftest import code_files, run
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +87,12 @@ def test_dvc_exp_run_applies_the_book_profile_as_the_profile_says(repo_copy):
     expected = load_params_with_profile(repo_copy / "params.yaml", "book")
     run(["dvc", "exp", "run", "-n", "book-check", *set_arguments(load_profile("book")), "download"], repo_copy)
     assert load_params(repo_copy / "params.yaml") == expected
+
+
+def test_repo_copies_leave_out_the_lock_of_a_previous_run(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "new_module.py").write_text("")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "dvc.yaml"], tmp_path)
+    assert sorted(code_files(tmp_path)) == ["dvc.yaml", "new_module.py"]
