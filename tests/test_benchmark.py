@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import keras
 import numpy as np
@@ -40,6 +41,22 @@ def test_one_by_one_loading_gives_the_pipelines_photos(small_dataset):
 def test_matmul_rate_is_positive_and_finite():
     rate = speed.matmul_flops_per_second(sizes=(128, 256), repeats=2)
     assert 1e8 < rate < 1e15
+
+
+class _UnevenModel:
+    """Predicts in 0.2 s, except that one timed pass takes 2 s (a busy neighbour)."""
+
+    def __init__(self, seconds):
+        self.seconds = iter(seconds)
+
+    def predict(self, images, batch_size, verbose):
+        time.sleep(next(self.seconds))
+
+
+def test_a_prediction_rate_is_not_thrown_by_one_slow_pass():
+    images = np.zeros((10, 4, 4, 3), np.float32)
+    model = _UnevenModel([0.0, 2.0, 0.2, 0.2])  # the warm-up, then three timed passes
+    assert speed.predict_rate(model, images, batch_size=5) == pytest.approx(10 / 0.2, rel=0.2)
 
 
 def _fake_timings(directory, missing=()):
