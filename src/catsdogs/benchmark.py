@@ -136,7 +136,6 @@ def run_benchmark(params: Params, data_dir: Path, *, timings_dir: Path = TIMINGS
 
     rates: dict[str, float] = {}
     # Decoding + resizing: our tf.data loading vs the chapter's photo-by-photo NumPy loading.
-    photos = sum(len(speed.photo_files(data_dir / split)) for split in SPLITS)
     ours = speed.timed(lambda: [list(decoded_images(data_dir / split, size).batch(256)) for split in SPLITS])
     chapter_arrays: dict[str, tuple] = {}
 
@@ -145,6 +144,7 @@ def run_benchmark(params: Params, data_dir: Path, *, timings_dir: Path = TIMINGS
             chapter_arrays[split] = speed.load_one_by_one(data_dir / split, size)
 
     chapter = speed.timed(load_the_chapters_way)
+    photos = sum(len(images) for images, _ in chapter_arrays.values())
     rates["decode_resize"] = photos / ours
     rates["chapter_numpy_loading"] = photos / chapter
     result["loading_speedup"] = round(chapter / ours, 2)
@@ -159,8 +159,8 @@ def run_benchmark(params: Params, data_dir: Path, *, timings_dir: Path = TIMINGS
     say(f"Augmented input pipeline alone: {rates['augmented_pipeline']:.0f} photos/s")
 
     # One augmented epoch (one pass over the training photos), each way.
-    steps = -(-len(speed.photo_files(data_dir / "train")) // batch)
     images, labels = chapter_arrays.pop("train")  # the arrays the chapter's way just loaded
+    steps = -(-len(images) // batch)
     chapter_arrays.clear()
     legacy = legacy_generator(params).flow(images, labels, batch_size=batch, seed=params.base.seed)
     chapter_epoch = augmented_epoch_seconds(legacy, params, steps)

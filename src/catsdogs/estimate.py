@@ -48,8 +48,6 @@ class Counts:
         return cls(2 * ds.train_per_class, 2 * ds.validation_per_class, 2 * ds.test_per_class)
 
 
-
-
 def measure_rates(params: Params, steps: int = 3) -> dict[str, float]:
     """Images per second of each kind of work the pipeline does, on this machine.
 

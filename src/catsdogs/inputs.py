@@ -25,6 +25,17 @@ class InputDataError(CatsDogsError):
     """A split folder is missing, or holds no photos for a label."""
 
 
+def photos_under(folder: Path) -> list[Path]:
+    """Every photo file below ``folder``, sorted by path (empty if it is missing)."""
+    return sorted(path for path in Path(folder).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def photo_files(split_dir: Path, label: str) -> list[Path]:
+    """A label's photos in a split folder, in the order
+    image_dataset_from_directory reads them."""
+    return photos_under(Path(split_dir) / label)
+
+
 def count_images(split_dir: Path) -> dict[str, int]:
     """Counts the photos of each label in a split folder.
 
@@ -34,15 +45,7 @@ def count_images(split_dir: Path) -> dict[str, int]:
     Returns:
         ``{"cat": n_cats, "dog": n_dogs}``, zero for a missing label folder.
     """
-    split_dir = Path(split_dir)
-    return {
-        label: sum(
-            1
-            for path in (split_dir / label).rglob("*")
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-        )
-        for label in LABELS
-    }
+    return {label: len(photo_files(split_dir, label)) for label in LABELS}
 
 
 def _check_split(split_dir: Path) -> None:

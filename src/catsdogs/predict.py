@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from catsdogs import tracking
 from catsdogs.errors import CatsDogsError
-from catsdogs.inputs import IMAGE_SUFFIXES, LABELS
+from catsdogs.inputs import IMAGE_SUFFIXES, LABELS, photos_under
 
 DEFAULT_MODEL = "champion"
 BATCH_SIZE = 32
@@ -216,9 +216,7 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            )
+            found.extend(photos_under(path))
         else:
             found.append(path)
     if not found:

@@ -18,7 +18,8 @@ import tensorflow as tf
 from PIL import Image
 
 from catsdogs import models
-from catsdogs.inputs import IMAGE_SUFFIXES
+from catsdogs.classes import LABELS
+from catsdogs.inputs import photo_files
 from catsdogs.transfer_stages import unfreeze_from
 
 
@@ -148,17 +149,12 @@ def matmul_flops_per_second(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats
     return best
 
 
-def photo_files(split_dir: Path) -> list[Path]:
-    """A split's photos in sorted order, as the pipeline lists them."""
-    return sorted(p for p in Path(split_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def load_one_by_one(split_dir: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The chapter's way: open, resize and copy every photo into one NumPy array, in turn."""
-    files = photo_files(split_dir)
+    files = [(path, index) for index, label in enumerate(LABELS) for path in photo_files(split_dir, label)]
     images = np.zeros((len(files), image_size, image_size, 3), dtype=np.float32)
-    for i, path in enumerate(files):
+    for i, (path, _) in enumerate(files):
         with Image.open(path) as photo:
             images[i] = np.asarray(photo.convert("RGB").resize((image_size, image_size), Image.BILINEAR), dtype=np.float32)
-    labels = np.array([path.parent.name == "dog" for path in files], dtype=np.float32)
+    labels = np.array([index for _, index in files], dtype=np.float32)
     return images, labels
