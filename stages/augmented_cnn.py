@@ -3,7 +3,7 @@
 Usage (as dvc.yaml runs it)::
 
     python stages/augmented_cnn.py --params params.yaml --data data/small \
-        --model models/augmented_cnn.keras --metrics metrics/augmented_cnn.json --plots plots/augmented_cnn
+        --model models/augmented_cnn.keras --metrics metrics/training/augmented_cnn.json --plots plots/augmented_cnn
 """
 
 from catsdogs.cnn_stages import train_cnn

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from catsdogs.config import load_params
 from catsdogs.download import fetch_raw_photos
+from catsdogs.project import project_root
 from catsdogs.stage_runner import run_stage
 
 
@@ -30,8 +31,9 @@ def main() -> None:
     summary = fetch_raw_photos(
         params.sources,
         args.out,
-        # Relative source paths in params.yaml are relative to the file's folder.
-        root=args.params.resolve().parent,
+        # Relative source paths start at the project, also when an experiment
+        # runs this in a copy under .dvc/tmp/exps/.
+        root=project_root(args.params.resolve().parent),
         downloads_dir=args.downloads,
         max_entry_bytes=params.max_entry_mb * 1024 * 1024,
     )

@@ -3,7 +3,7 @@ r"""Scores every trained model on the test photos, compares them and names the c
 Usage (as dvc.yaml runs it)::
 
     python stages/evaluate.py --params params.yaml --data data/small --models models \
-        --metrics-dir metrics --out-metrics metrics/evaluation.json --reports reports/evaluation
+        --metrics-dir metrics/training --out-metrics metrics --reports reports/evaluation
 
 ``--stages scratch_cnn,fine_tune`` compares only those models (all six by
 default). Outside ``dvc exp run`` the alias ``champion`` of ``cats-vs-dogs``
@@ -24,8 +24,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params file")
     parser.add_argument("--data", type=Path, required=True, help="the small dataset folder (test/ is scored)")
     parser.add_argument("--models", type=Path, required=True, help="folder of the <stage>.keras models")
-    parser.add_argument("--metrics-dir", type=Path, required=True, help="folder of the <stage>.json training metrics")
-    parser.add_argument("--out-metrics", type=Path, required=True, help="where the evaluation metrics JSON goes")
+    parser.add_argument("--metrics-dir", type=Path, required=True, help="folder of the <stage>.json training summaries")
+    parser.add_argument(
+        "--out-metrics", type=Path, required=True, help="folder of the headline <stage>.json metrics to write"
+    )
     parser.add_argument("--reports", type=Path, required=True, help="the reports folder to write")
     parser.add_argument(
         "--stages",
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         models_dir=args.models,
         metrics_dir=args.metrics_dir,
         image_size=params.base.image_size,
-        out_metrics=args.out_metrics,
+        out_metrics_dir=args.out_metrics,
         reports_dir=args.reports,
         batch_size=args.batch_size,
     )

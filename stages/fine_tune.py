@@ -3,7 +3,7 @@
 Usage (as dvc.yaml runs it)::
 
     python stages/fine_tune.py --params params.yaml --data data/small --models models \
-        --model models/fine_tune.keras --metrics metrics/fine_tune.json --plots plots/fine_tune
+        --model models/fine_tune.keras --metrics metrics/training/fine_tune.json --plots plots/fine_tune
 """
 
 from pathlib import Path

@@ -3,7 +3,7 @@
 Usage (as dvc.yaml runs it)::
 
     python stages/regularized_cnn.py --params params.yaml --data data/small \
-        --model models/regularized_cnn.keras --metrics metrics/regularized_cnn.json --plots plots/regularized_cnn
+        --model models/regularized_cnn.keras --metrics metrics/training/regularized_cnn.json --plots plots/regularized_cnn
 """
 
 from catsdogs.cnn_stages import train_cnn

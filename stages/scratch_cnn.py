@@ -3,7 +3,7 @@
 Usage (as dvc.yaml runs it)::
 
     python stages/scratch_cnn.py --params params.yaml --data data/small \
-        --model models/scratch_cnn.keras --metrics metrics/scratch_cnn.json --plots plots/scratch_cnn
+        --model models/scratch_cnn.keras --metrics metrics/training/scratch_cnn.json --plots plots/scratch_cnn
 """
 
 from catsdogs.cnn_stages import train_cnn

@@ -3,7 +3,7 @@
 Usage (as dvc.yaml runs it)::
 
     python stages/vgg16_augmented.py --params params.yaml --data data/small \
-        --model models/vgg16_augmented.keras --metrics metrics/vgg16_augmented.json --plots plots/vgg16_augmented
+        --model models/vgg16_augmented.keras --metrics metrics/training/vgg16_augmented.json --plots plots/vgg16_augmented
 """
 
 from catsdogs.config import load_params

@@ -5,7 +5,7 @@ Saves the whole model (preprocessing + frozen VGG16 + head), which takes raw pho
 Usage (as dvc.yaml runs it)::
 
     python stages/vgg16_features.py --params params.yaml --data data/small --features data/features \
-        --model models/vgg16_features.keras --metrics metrics/vgg16_features.json --plots plots/vgg16_features
+        --model models/vgg16_features.keras --metrics metrics/training/vgg16_features.json --plots plots/vgg16_features
 """
 
 from pathlib import Path

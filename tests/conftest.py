@@ -55,6 +55,13 @@ def project_outputs_untouched() -> Iterator[None]:
     assert not changed, f"tests changed the project's pipeline outputs: {changed[:10]}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs the checks of the committed run record last: a lock made stale by a
+    code change (until the next real run is committed) must not stop
+    ``pytest -x`` before every other test had its say."""
+    items.sort(key=lambda item: item.get_closest_marker("run_record") is not None)
+
+
 def synthetic_photo(label: str, index: int, size: int = 48) -> Image.Image:
     """A photo a tiny CNN can tell apart: cats are warm, dogs are cool, plus noise."""
     rng = np.random.default_rng(index * 2 + (label == "dog"))
@@ -115,18 +122,25 @@ def real_photos(n_per_class: int) -> list[tuple[str, bytes]]:
         ]
 
 
-def code_files(root: Path) -> list[str]:
-    """The files a fresh clone of ``root`` has, plus uncommitted new ones.
+# The results of record a clone carries in Git, which a copy for tiny-data
+# runs leaves out: dvc.lock describes the full-size run, whose cache a copy
+# does not have (``dvc exp run`` there would fail restoring its outputs), and
+# the full run's metrics and plots must not stand in for the copy's own.
+RUN_RECORD = ("dvc.lock", "metrics/", "plots/")
 
-    Not dvc.lock (never committed): after a ``make run`` it describes the
-    full-size run, whose cache a copy does not have, and ``dvc exp run`` in
-    the copy would fail restoring its outputs.
-    """
+
+def code_files(root: Path) -> list[str]:
+    """The files a fresh clone of ``root`` has, plus uncommitted new ones,
+    without the run's record (:data:`RUN_RECORD`)."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=root, capture_output=True, text=True, check=True,
     ).stdout
-    return [line for line in out.splitlines() if line and line != "dvc.lock" and (root / line).is_file()]
+    return [
+        line for line in out.splitlines()
+        if line and not any(line == r or (r.endswith("/") and line.startswith(r)) for r in RUN_RECORD)
+        and (root / line).is_file()
+    ]
 
 
 GIT_ENV = {

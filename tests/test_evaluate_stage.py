@@ -18,6 +18,7 @@ from PIL import Image
 from catsdogs import models
 from catsdogs.config import TrainParams
 from catsdogs.errors import CatsDogsError
+from catsdogs.evaluation import HEADLINE_KEYS
 from catsdogs.inputs import make_dataset
 from catsdogs.model_stage import StageOutputs, train_and_record
 from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
@@ -56,15 +57,15 @@ def train_tiny(project: Path, data: Path, stage: str, *, wrong_labels: bool) -> 
     train_and_record(
         stage, model, train, validation, settings,
         train_images=24, run_params={"stage": stage}, manifest=data / "manifest.csv",
-        outputs=StageOutputs(project / "models" / f"{stage}.keras", project / "metrics" / f"{stage}.json", project / "plots" / stage),
+        outputs=StageOutputs(project / "models" / f"{stage}.keras", project / "metrics" / "training" / f"{stage}.json", project / "plots" / stage),
     )
     keras.backend.clear_session()
 
 
 def stage_argv() -> list[str]:
     return [
-        "--params", "params.yaml", "--data", "data/small", "--models", "models", "--metrics-dir", "metrics",
-        "--out-metrics", "metrics/evaluation.json", "--reports", "reports", "--stages", ",".join(STAGES),
+        "--params", "params.yaml", "--data", "data/small", "--models", "models", "--metrics-dir", "metrics/training",
+        "--out-metrics", "metrics", "--reports", "reports", "--stages", ",".join(STAGES),
     ]
 
 
@@ -106,24 +107,33 @@ def evaluate_runs(client):
     return runs
 
 
-def test_metrics_json_scores_each_model_and_names_the_champion(evaluated):
-    results = json.loads((evaluated["project"] / "metrics" / "evaluation.json").read_text())
+def headline(project: Path) -> dict[str, dict]:
+    return {stage: json.loads((project / "metrics" / f"{stage}.json").read_text()) for stage in STAGES}
 
-    assert set(results) == {*STAGES, "champion"}
-    assert results["champion"] == "scratch_cnn"
-    for stage in STAGES:
-        scores = results[stage]
-        assert set(scores) == {"test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "ms_per_image"}
-        assert all(0 <= scores[k] <= 1 for k in scores if k != "ms_per_image")
-        assert scores["ms_per_image"] > 0
+
+def test_each_model_has_a_headline_metrics_file_with_the_same_keys(evaluated):
+    project = evaluated["project"]
+    results = headline(project)
+
+    for stage, scores in results.items():
+        assert list(scores) == list(HEADLINE_KEYS), stage
+        assert all(0 <= scores[k] <= 1 for k in ("test_accuracy", "test_f1", "test_roc_auc", "best_val_accuracy"))
+        assert scores["ms_per_image"] > 0 and scores["epochs"] == 2
+        training = json.loads((project / "metrics" / "training" / f"{stage}.json").read_text())
+        assert scores["training_seconds"] == training["training_seconds"] > 0
+        assert scores["best_val_accuracy"] == training["best_val_accuracy"]
+    assert [s for s, scores in results.items() if scores["champion"] is True] == ["scratch_cnn"]
+    assert results["regularized_cnn"]["champion"] is False
     # The model taught the wrong labels is worse than chance; the other is not.
     assert results["regularized_cnn"]["test_accuracy"] < 0.5 < results["scratch_cnn"]["test_accuracy"]
+    # Nothing else lands beside them: the training summaries have their own folder.
+    assert sorted(p.name for p in (project / "metrics").glob("*.json")) == sorted(f"{s}.json" for s in STAGES)
 
 
 def test_comparison_table_has_training_validation_test_and_the_chapter(evaluated):
     project = evaluated["project"]
     table = pd.read_csv(project / "reports" / "comparison.csv")
-    results = json.loads((project / "metrics" / "evaluation.json").read_text())
+    results = headline(project)
 
     assert table["model"].tolist() == list(STAGES)
     assert table["training_photos"].tolist() == [24, 24]
@@ -131,7 +141,7 @@ def test_comparison_table_has_training_validation_test_and_the_chapter(evaluated
     assert table["chapter_val_accuracy"].tolist() == [0.72, 0.78]
     assert table["champion"].tolist() == [True, False]
     for row in table.itertuples():
-        training = json.loads((project / "metrics" / f"{row.model}.json").read_text())
+        training = json.loads((project / "metrics" / "training" / f"{row.model}.json").read_text())
         assert row.best_val_accuracy == pytest.approx(training["best_val_accuracy"])
         assert row.training_seconds == pytest.approx(training["training_seconds"])
         assert row.test_accuracy == pytest.approx(results[row.model]["test_accuracy"])
@@ -177,7 +187,7 @@ def test_evaluate_run_holds_reports_and_metrics(evaluated):
     assert runs[0].data.tags["champion.promoted"] == "false"
     assert run.data.params["base.image_size"] == str(SIZE)
     assert run.data.params["split.test.cat"] == "6"
-    results = json.loads((evaluated["project"] / "metrics" / "evaluation.json").read_text())
+    results = headline(evaluated["project"])
     assert run.data.metrics["scratch_cnn.test_accuracy"] == pytest.approx(results["scratch_cnn"]["test_accuracy"])
 
     def listing(path=None):
@@ -188,7 +198,7 @@ def test_evaluate_run_holds_reports_and_metrics(evaluated):
 
     artifacts = set(listing())
     assert {
-        "metrics/evaluation.json", "reports/comparison.csv", "reports/comparison.md", "reports/per_class.csv",
+        "metrics/scratch_cnn.json", "metrics/regularized_cnn.json", "reports/comparison.csv", "reports/comparison.md", "reports/per_class.csv",
         "reports/classification_reports.md", "reports/figures/roc.png", "reports/figures/test_accuracy.png",
         "reports/figures/misclassified.png", "reports/plots/roc/scratch_cnn.csv",
         "reports/plots/predictions/regularized_cnn.csv",
@@ -197,7 +207,7 @@ def test_evaluate_run_holds_reports_and_metrics(evaluated):
 
 def test_each_model_run_gets_its_test_metrics(evaluated):
     client = evaluated["client"]
-    results = json.loads((evaluated["project"] / "metrics" / "evaluation.json").read_text())
+    results = headline(evaluated["project"])
     for stage in STAGES:
         version = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, stage)
         metrics = client.get_run(version.run_id).data.metrics

@@ -3,10 +3,13 @@ package module a stage runs is one of its dependencies."""
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from catsdogs.config import TRAINING_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -86,10 +89,39 @@ def test_mlruns_is_never_a_dvc_output():
             assert not path.startswith("mlruns"), name
 
 
+def _declared(stage: dict, kind: str) -> dict[str, dict]:
+    """``{path: options}`` of a stage's ``outs``, ``metrics`` or ``plots``."""
+    return {
+        (item if isinstance(item, str) else next(iter(item))): ({} if isinstance(item, str) else next(iter(item.values())))
+        for item in stage.get(kind, [])
+    }
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_declares_its_timing_metric(name):
-    metrics = [m if isinstance(m, str) else next(iter(m)) for m in STAGES[name].get("metrics", [])]
-    assert f"metrics/timings/{name}.json" in metrics, f"{name}: run_stage writes its timing but dvc.yaml does not declare it"
+def test_stage_declares_its_timing_output(name):
+    outs = _declared(STAGES[name], "outs")
+    path = f"metrics/timings/{name}.json"
+    assert path in outs, f"{name}: run_stage writes its timing but dvc.yaml does not declare it"
+    assert outs[path].get("cache") is False, f"{name}: {path} belongs in Git with the other run records"
+
+
+def test_metrics_and_plots_are_versioned_in_git():
+    # Experiments, `dvc metrics diff` and `dvc plots diff` read them from each commit.
+    for name, stage in STAGES.items():
+        for kind in ("outs", "metrics", "plots"):
+            for path, options in _declared(stage, kind).items():
+                if path.startswith(("metrics/", "plots/")):
+                    assert options.get("cache") is False, f"{name}: {path} must be cache: false"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "metrics/scratch_cnn.json", "plots/scratch_cnn/history.csv", "dvc.lock"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert ignored.stdout == "", f".gitignore hides the run's record: {ignored.stdout}"
+
+
+def test_the_only_dvc_metrics_are_one_headline_file_per_model():
+    declared = {name: list(_declared(stage, "metrics")) for name, stage in STAGES.items() if stage.get("metrics")}
+    assert declared == {"evaluate": [f"metrics/{stage}.json" for stage in TRAINING_STAGES]}
 
 
 def test_stage_script_runs_through_run_stage_with_its_own_name():

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from catsdogs.benchmark import stage_timings
 from catsdogs.config import TRAINING_STAGES
+from catsdogs.evaluation import HEADLINE_KEYS
 from catsdogs.tracking import EXPERIMENT_NAME
 
 from conftest import code_files, run
@@ -44,8 +45,12 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     # A stage that only copies files may stay near 30 MiB; one that loads
     # TensorFlow and trains a model cannot: the figure is the stage's own peak.
     assert all(timings[stage]["peak_memory_mib"] > 200 for stage in TRAINING_STAGES), timings
-    shown = run(["dvc", "metrics", "show", "--json"], repo_copy).stdout
-    assert "metrics/timings/fine_tune.json" in shown
+    # dvc metrics show: one row per model, every row with the same columns.
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo_copy).stdout)
+    files = shown[""]["data"]
+    assert sorted(files) == sorted(f"metrics/{stage}.json" for stage in TRAINING_STAGES), sorted(files)
+    assert all(list(f["data"]) == list(HEADLINE_KEYS) for f in files.values()), files
+    assert sum(f["data"]["champion"] for f in files.values()) == 1
     run(["git", "add", "-A"], repo_copy)
     run(["git", "commit", "-qm", "lock"], repo_copy)
 
@@ -89,10 +94,15 @@ def test_dvc_exp_run_applies_the_book_profile_as_the_profile_says(repo_copy):
     assert load_params(repo_copy / "params.yaml") == expected
 
 
-def test_repo_copies_leave_out_the_lock_of_a_previous_run(tmp_path):
+def test_repo_copies_leave_out_the_record_of_a_previous_run(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "new_module.py").write_text("")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    for made in ("metrics/scratch_cnn.json", "metrics/timings/download.json", "plots/scratch_cnn/history.csv"):
+        (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / made).write_text("{}")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "metrics.py").write_text("")
     run(["git", "init", "-q"], tmp_path)
-    run(["git", "add", "dvc.yaml"], tmp_path)
-    assert sorted(code_files(tmp_path)) == ["dvc.yaml", "new_module.py"]
+    run(["git", "add", "dvc.yaml", "dvc.lock", "metrics", "plots"], tmp_path)
+    assert sorted(code_files(tmp_path)) == ["dvc.yaml", "new_module.py", "src/metrics.py"]

@@ -16,6 +16,7 @@ from catsdogs.classes import SPLITS
 from catsdogs.config import Params
 from catsdogs.errors import CatsDogsError
 from catsdogs.inputs import load_split_arrays
+from catsdogs.project import in_project
 from catsdogs.runtime import configure_runtime
 from catsdogs.vgg16_weights import ResolvedWeights, build_vgg16_base, resolve_vgg16_weights
 
@@ -31,7 +32,8 @@ def vgg16_base(params: Params) -> tuple[keras.Model, ResolvedWeights]:
     """
     size = params.base.image_size
     models.check_image_size("vgg16", size)
-    resolved = resolve_vgg16_weights(params.vgg16.weights_file)
+    weights_file = params.vgg16.weights_file
+    resolved = resolve_vgg16_weights(in_project(weights_file) if weights_file is not None else None)
     base = build_vgg16_base((size, size, 3), resolved.path)
     base.trainable = False
     return base, resolved

@@ -31,7 +31,7 @@ CHAMPION_ALIAS = "champion"
 # accuracies tie when the same number of photos is right.
 ACCURACY_PLACES = 9
 # What ties a registered version to the model file evaluate scored: the
-# training stage logs its metrics/<stage>.json summary into its run.
+# training stage logs its metrics/training/<stage>.json summary into its run.
 FINGERPRINT = ("training_seconds", "best_val_accuracy")
 # DVC sets both in every `dvc exp run` (workspace, --temp or --queue; the name
 # is a random one without -n); a plain `dvc repro` sets neither.
@@ -148,7 +148,7 @@ def stage_version(
 
     Args:
         stage: the model stage.
-        summary: its ``metrics/<stage>.json``.
+        summary: its ``metrics/training/<stage>.json``.
         versions: every registered version (see :func:`catsdogs.tracking.registered_versions`).
         run_metrics: returns a run's metrics by run id.
 

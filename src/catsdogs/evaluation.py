@@ -1,11 +1,21 @@
 """The evaluate stage: every trained model scored on the test photos none saw.
 
 Scores come from scikit-learn on the models' probabilities of "dog" at a 0.5
-threshold; :func:`run_evaluation` then writes the DVC outputs (the metrics
-JSON and ``reports/``), logs an ``evaluate`` MLflow run, adds each model's
-test metrics to its own training run and moves the ``champion`` alias.
-The choice uses the test split only: the validation split already chose each
-model's epochs and settings, so it no longer gives a fair score.
+threshold; :func:`run_evaluation` then writes the DVC outputs (one headline
+metrics file per model and ``reports/``), logs an ``evaluate`` MLflow run,
+adds each model's test metrics to its own training run and moves the
+``champion`` alias. The choice uses the test split only: the validation split
+already chose each model's epochs and settings, so it no longer gives a fair
+score.
+
+The headline files ``metrics/<model>.json`` are the project's only DVC
+metrics, and every one has the same keys, :data:`HEADLINE_KEYS`, so that
+``dvc metrics show`` is one row per model with the same columns and
+``dvc exp show --json`` / ``make compare`` find each model's figures under
+one name. Keep them few and flat: a figure added here is a column in every
+comparison. Detailed statistics (per class, intervals, tests) belong in
+``reports/``; the training stages' own summaries are in
+``metrics/training/<model>.json`` (versioned in Git, not DVC metrics).
 """
 
 from __future__ import annotations
@@ -30,6 +40,11 @@ from catsdogs.inputs import LABELS, load_split_arrays
 
 THRESHOLD = 0.5  # P(dog) at or above which a photo is called a dog
 PREDICT_BATCH_SIZE = 32
+# The keys of every metrics/<model>.json, in this order (see the module docstring).
+HEADLINE_KEYS = (
+    "test_accuracy", "test_f1", "test_roc_auc", "best_val_accuracy", "epochs", "training_seconds",
+    "ms_per_image", "champion",
+)
 # What each model's own MLflow run gets, beside its validation metrics.
 RUN_METRIC_KEYS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_ms_per_image")
 
@@ -75,7 +90,7 @@ class ModelEvaluation:
         return (self.p_dog >= THRESHOLD).astype(int)
 
     def summary(self) -> dict[str, float]:
-        """The headline numbers, as ``metrics/evaluation.json`` and the model's run hold them."""
+        """The test-set numbers, as the ``evaluate`` run holds them."""
         return {
             "test_accuracy": round(self.scores.accuracy, 6),
             "test_precision": round(self.scores.precision, 6),
@@ -278,6 +293,23 @@ def write_json_atomically(data: dict, path: Path) -> Path:
     return path
 
 
+def headline_metrics(evaluation: ModelEvaluation, summary: Mapping[str, object], champion_stage: str) -> dict:
+    """A model's ``metrics/<model>.json``: :data:`HEADLINE_KEYS`, test scores beside training figures.
+
+    Args:
+        evaluation: the model's test results.
+        summary: its training stage's summary (``metrics/training/<model>.json``).
+        champion_stage: the stage whose model is the champion.
+    """
+    test = evaluation.summary()
+    values = {
+        **{key: test[key] for key in ("test_accuracy", "test_f1", "test_roc_auc", "ms_per_image")},
+        **{key: summary.get(key) for key in ("best_val_accuracy", "epochs", "training_seconds")},
+        "champion": evaluation.stage == champion_stage,
+    }
+    return {key: values[key] for key in HEADLINE_KEYS}
+
+
 @dataclass(frozen=True)
 class EvaluationOutcome:
     """What :func:`run_evaluation` found and did."""
@@ -326,17 +358,16 @@ def run_evaluation(
     models_dir: Path,
     metrics_dir: Path,
     image_size: int,
-    out_metrics: Path,
+    out_metrics_dir: Path,
     reports_dir: Path,
     batch_size: int = PREDICT_BATCH_SIZE,
     root: Path | None = None,
 ) -> EvaluationOutcome:
     """Runs the evaluate stage: scores, reports, MLflow and the champion alias.
 
-    Writes ``out_metrics`` (per model: test accuracy, precision, recall, F1,
-    ROC AUC, ms per photo; and the champion's stage) and ``reports_dir``
-    (see :mod:`catsdogs.reports`). Logs an ``evaluate`` MLflow run holding
-    both, adds ``test_*`` metrics to each model's own training run (found
+    Writes ``<out_metrics_dir>/<stage>.json`` per model (see
+    :func:`headline_metrics`) and ``reports_dir`` (see
+    :mod:`catsdogs.reports`). Logs an ``evaluate`` MLflow run holding both, adds ``test_*`` metrics to each model's own training run (found
     through its registered version), and outside ``dvc exp run`` moves the
     ``champion`` alias to the winner (see :mod:`catsdogs.champion`).
 
@@ -344,9 +375,9 @@ def run_evaluation(
         stages: the model stages to compare, in pipeline order.
         data_dir: the small dataset; ``test/`` and ``manifest.csv`` are read.
         models_dir: holds ``<stage>.keras``.
-        metrics_dir: holds each stage's ``<stage>.json`` summary.
+        metrics_dir: holds each stage's ``<stage>.json`` training summary.
         image_size: the models' input side (``base.image_size``).
-        out_metrics: the metrics JSON to write.
+        out_metrics_dir: the folder of the headline ``<stage>.json`` files to write.
         reports_dir: the reports folder to (re)write.
         batch_size: photos per predict batch.
         root: the project root whose MLflow store is used; found from the
@@ -397,13 +428,16 @@ def run_evaluation(
         versions={s: (v.version if v else None) for s, v in versions.items()},
         champion=choice.winner.stage,
     )
-    results: dict[str, object] = {e.stage: e.summary() for e in evaluations}
-    results["champion"] = choice.winner.stage
     reports.write_reports(
         reports_dir, table=table, evaluations=evaluations, labels=labels, photo_paths=paths,
         choice=choice, champion_note=note,
     )
-    write_json_atomically(results, out_metrics)
+    headline_files = [
+        write_json_atomically(
+            headline_metrics(e, summaries[e.stage], choice.winner.stage), Path(out_metrics_dir) / f"{e.stage}.json"
+        )
+        for e in evaluations
+    ]
 
     run_params = {
         "evaluate.stages": ",".join(stages),
@@ -414,7 +448,7 @@ def run_evaluation(
     }
     run_id = record_in_mlflow(
         evaluations, versions, choice, promote,
-        run_params=run_params, manifest=manifest, files={"reports": reports_dir, "metrics": out_metrics}, root=root,
+        run_params=run_params, manifest=manifest, files={"reports": [reports_dir], "metrics": headline_files}, root=root,
     )
     print(f"evaluate: champion {choice.winner.stage}, with {choice.reason}. {note}")
     return EvaluationOutcome(tuple(evaluations), table, choice, promote, run_id)
@@ -428,7 +462,7 @@ def record_in_mlflow(
     *,
     run_params: Mapping[str, object],
     manifest: Path,
-    files: Mapping[str, Path],
+    files: Mapping[str, Sequence[Path]],
     root: Path,
 ) -> str:
     """Logs the ``evaluate`` run, adds test metrics to each model's run, moves the alias.
@@ -440,7 +474,7 @@ def record_in_mlflow(
         promote: move the ``champion`` alias to the winner's version.
         run_params: the evaluate run's params.
         manifest: the dataset manifest, whose digest tags the run.
-        files: artifact folder -> local file or folder to log there.
+        files: artifact folder -> local files or folders to log there.
         root: the project root.
 
     Returns:
@@ -453,8 +487,9 @@ def record_in_mlflow(
     }
     with tracking.start_run("evaluate", run_params, manifest=manifest, extra_tags=tags, root=root) as run:
         run.log_summary({f"{e.stage}.{key}": value for e in evaluations for key, value in e.summary().items()})
-        for folder, path in files.items():
-            tracking.log_artifacts(run.run_id, Path(path), folder)
+        for folder, paths in files.items():
+            for path in paths:
+                tracking.log_artifacts(run.run_id, Path(path), folder)
         for e in evaluations:
             version = versions[e.stage]
             if version is not None and version.run_id:

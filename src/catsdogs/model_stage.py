@@ -2,7 +2,7 @@
 
 A model stage builds its datasets and its compiled model, then hands them to
 :func:`train_and_record`, which trains inside a tracking run and writes the
-same outputs for every stage: the ``.keras`` model, ``metrics/<stage>.json``
+same outputs for every stage: the ``.keras`` model, ``metrics/training/<stage>.json``
 and ``plots/<stage>/history.csv``.
 """
 

@@ -80,7 +80,7 @@ def comparison_table(
 
     Args:
         evaluations: each model's test results, in pipeline order.
-        summaries: each stage's ``metrics/<stage>.json``.
+        summaries: each stage's ``metrics/training/<stage>.json``.
         training_photos: photos in the training split.
         versions: each stage's registered version, or None.
         champion: the champion's stage.

@@ -1,9 +1,9 @@
 """Runs a stage's ``main``: one clear message for user errors, and a record
 of the stage's wall time and peak memory.
 
-Every stage writes ``metrics/timings/<stage>.json`` (a DVC metric), so
-``dvc metrics show`` lists what each stage cost and ``make bench`` can add
-them up.
+Every stage writes ``metrics/timings/<stage>.json``, an output versioned in
+Git beside the metrics (not a DVC metric, so that ``dvc metrics show`` stays
+one row per model), which ``make bench`` adds up.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from mlflow.types import Schema, TensorSpec
 
 from catsdogs.curves import plot_learning_curves
 from catsdogs.errors import CatsDogsError
+from catsdogs.project import project_root
 
 EXPERIMENT_NAME = "cats-vs-dogs"
 REGISTERED_MODEL_NAME = "cats-vs-dogs"
@@ -59,37 +60,10 @@ PROBE_TIMEOUT_SECONDS = 5.0
 # Files that change with every experiment without being code: a run whose only
 # edits are these still ran the committed code.
 NOT_CODE = ("params.yaml", "dvc.lock")
-_EXPS_MARKER = (".dvc", "tmp", "exps")
 
 
 class TrackingError(CatsDogsError):
     """The MLflow tracking store cannot be used."""
-
-
-def project_root(cwd: str | Path | None = None) -> Path:
-    """Finds the project whose ``mlruns/`` store a run belongs in.
-
-    Inside a DVC experiment's temporary copy of the repo
-    (``<root>/.dvc/tmp/exps/<name>/...``) that is the project holding the copy,
-    not the copy, which DVC deletes after the run.
-
-    Args:
-        cwd: where the stage runs; the current directory by default.
-
-    Returns:
-        The absolute project root: the part of ``cwd`` before
-        ``/.dvc/tmp/exps/``, else the nearest folder holding ``dvc.yaml`` or
-        ``.dvc/``, else ``cwd`` itself.
-    """
-    cwd = Path(cwd if cwd is not None else Path.cwd()).resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - len(_EXPS_MARKER) + 1):
-        if parts[i : i + len(_EXPS_MARKER)] == _EXPS_MARKER:
-            return Path(*parts[:i])
-    for folder in (cwd, *cwd.parents):
-        if (folder / "dvc.yaml").is_file() or (folder / ".dvc").is_dir():
-            return folder
-    return cwd
 
 
 def tracking_uri(root: Path) -> str:

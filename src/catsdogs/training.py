@@ -111,7 +111,7 @@ def fit(
 
 
 def summarize(result: TrainingResult) -> dict[str, float | int]:
-    """The numbers a comparison needs, as written to ``metrics/<stage>.json``.
+    """The numbers a comparison needs, as written to ``metrics/training/<stage>.json``.
 
     Args:
         result: what :func:`fit` returned.
