@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test ui serve estimate book bench
+.PHONY: help venv run test ui serve estimate book bench compare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ book: $(READY) ## the chapter's exact settings (for a GPU): estimate, then dvc e
 
 bench: run ## measure speeds against the targets; writes reports/benchmark.json
 	python -m catsdogs.benchmark
+
+compare: $(READY) ## main and its experiments side by side: each model's test accuracy, F1, training time
+	python -m catsdogs.compare
 
 test: $(READY) ## run the test suite
 	python -m pytest

@@ -186,13 +186,26 @@ TINY_PARAMS = {
 def repo_copy(tmp_path: Path, mirror_sample_zip: Path) -> Path:
     """A committed copy of this repository whose params read a small sample of
     the real mirror and train tiny models for a couple of epochs."""
-    copy = tmp_path / "repo"
+    return make_repo_copy(tmp_path / "repo", mirror_sample_zip)
+
+
+def make_repo_copy(copy: Path, mirror_zip: Path, mirror_location: str | None = None) -> Path:
+    """Writes the :func:`repo_copy` repository at ``copy``.
+
+    Args:
+        copy: the new repository's folder.
+        mirror_zip: the photo archive its download stage reads.
+        mirror_location: how params.yaml names it; ``mirror_zip`` (absolute) by default.
+
+    Returns:
+        ``copy``, with one commit.
+    """
     for rel in code_files(ROOT):
         dest = copy / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dest)
     params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["download"]["sources"] = [{"location": str(mirror_sample_zip), "sha256": None}]
+    params["download"]["sources"] = [{"location": mirror_location or str(mirror_zip), "sha256": None}]
     for section, values in TINY_PARAMS.items():
         params.setdefault(section, {}).update(values)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -3,7 +3,23 @@ experiment's copy of the repository under .dvc/tmp/exps/."""
 
 from pathlib import Path
 
-from catsdogs.project import in_project, project_root
+import pytest
+
+from catsdogs.project import ROOT_ENV, in_project, project_root
+
+
+@pytest.fixture(autouse=True)
+def outside_dvc(monkeypatch):
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+
+
+def test_dvc_root_names_the_project_wherever_the_stage_runs(tmp_path, monkeypatch):
+    # DVC sets it to the project for an experiment run in a copy, too
+    # (test_experiments checks that against the real dvc).
+    copy = tmp_path / "proj" / ".dvc" / "tmp" / "exps" / "tmpxyz"
+    copy.mkdir(parents=True)
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "proj"))
+    assert in_project("../shared/a.zip", cwd=copy) == tmp_path / "proj" / "../shared/a.zip"
 
 
 def test_a_relative_path_starts_at_the_project_also_inside_an_experiment_copy(tmp_path):

@@ -1,15 +1,20 @@
 """Where the project is, also from inside a DVC experiment's copy of it.
 
 ``dvc exp run --temp`` and queued experiments run the stages in a copy of the
-repository under ``<project>/.dvc/tmp/exps/`` (DVC sets ``DVC_ROOT`` to that
-copy, not to the project). A path relative to the project, such as the photo
-mirror ``../shared/...`` in params.yaml or the MLflow store, must still mean
-the same file there, so both are resolved from :func:`project_root`.
+repository under ``<project>/.dvc/tmp/exps/``. A path relative to the
+project, such as the photo mirror ``../shared/...`` in params.yaml or the
+MLflow store, must still mean the same file there, so both are resolved from
+:func:`project_root`: ``DVC_ROOT``, which DVC sets for every stage it runs to
+the project's root (for an experiment's copy too: the copy is the working
+directory), else the path itself, for a stage run by hand.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+ROOT_ENV = "DVC_ROOT"
 
 _EXPS_MARKER = (".dvc", "tmp", "exps")
 
@@ -25,10 +30,12 @@ def project_root(cwd: str | Path | None = None) -> Path:
         cwd: where the stage runs; the current directory by default.
 
     Returns:
-        The absolute project root: the part of ``cwd`` before
-        ``/.dvc/tmp/exps/``, else the nearest folder holding ``dvc.yaml`` or
-        ``.dvc/``, else ``cwd`` itself.
+        The absolute project root: ``$DVC_ROOT`` when DVC runs the stage; else
+        the part of ``cwd`` before ``/.dvc/tmp/exps/``, else the nearest
+        folder holding ``dvc.yaml`` or ``.dvc/``, else ``cwd`` itself.
     """
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).resolve()
     cwd = Path(cwd if cwd is not None else Path.cwd()).resolve()
     parts = cwd.parts
     for i in range(len(parts) - len(_EXPS_MARKER) + 1):
