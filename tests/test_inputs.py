@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from catsdogs.augmentation import make_augmentation
 from catsdogs.config import AugmentationParams
 from catsdogs.errors import CatsDogsError
-from catsdogs.inputs import LABELS, count_images, load_split_arrays, make_dataset
+from catsdogs.inputs import LABELS, count_images, decode_photo, load_split_arrays, make_dataset
+
+from conftest import real_photos
 
 SIZE = 16
 
@@ -152,3 +156,52 @@ def test_missing_or_empty_folders_fail_clearly(tmp_path: Path) -> None:
         make_dataset(split, image_size=SIZE, batch_size=2, shuffle=False, seed=0)
     with pytest.raises(CatsDogsError, match="no photos"):
         load_split_arrays(split, image_size=SIZE)
+
+
+
+def plain_decode(contents: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The full-size decode then bilinear resize that image_dataset_from_directory does."""
+    image = tf.image.resize(tf.io.decode_image(contents, channels=3, expand_animations=False), size, method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8).numpy()
+
+
+def area_resize(contents: bytes, size: tuple[int, int]) -> tf.Tensor:
+    """The reference: the whole photo averaged down area by area (no aliasing)."""
+    image = tf.image.resize(tf.io.decode_jpeg(contents, channels=3), size, method="area")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def test_reduced_scale_decoding_keeps_the_photos_content() -> None:
+    """40 real photos (most about 500x375, a few under 256 px) at 128x128.
+
+    Decoding at half scale and decoding whole then resizing differ as much
+    as two resizers do (the whole decode against an area-averaged resize is
+    29-48 dB): over 30 dB PSNR and 0.93 SSIM on average, at worst 26 dB and
+    0.85. And it is as close as the whole decode to the area-averaged
+    reference, on average within 1 dB."""
+    psnr, ssim, ours_to_area, plain_to_area, scaled = [], [], [], [], 0
+    for _, contents in real_photos(20):
+        ours = decode_photo(tf.constant(contents), (128, 128))
+        plain = tf.constant(plain_decode(contents, (128, 128)))
+        area = area_resize(contents, (128, 128))
+        assert ours.shape == plain.shape == (128, 128, 3) and ours.dtype == tf.uint8
+        if np.array_equal(ours, plain):  # a small photo, decoded whole
+            continue
+        scaled += 1
+        psnr.append(float(tf.image.psnr(ours, plain, max_val=255)))
+        ssim.append(float(tf.image.ssim(ours, plain, max_val=255)))
+        ours_to_area.append(float(tf.image.psnr(ours, area, max_val=255)))
+        plain_to_area.append(float(tf.image.psnr(plain, area, max_val=255)))
+    assert scaled >= 30  # most took the reduced-scale path
+    assert np.mean(psnr) > 30 and min(psnr) > 26
+    assert np.mean(ssim) > 0.93 and min(ssim) > 0.85
+    assert np.mean(ours_to_area) > np.mean(plain_to_area) - 1.0
+
+
+def test_photos_under_twice_the_target_and_other_formats_decode_whole() -> None:
+    _, contents = real_photos(1)[0]
+    for size in ((300, 300), (240, 200)):  # more than half the photo's size
+        np.testing.assert_array_equal(decode_photo(tf.constant(contents), size).numpy(), plain_decode(contents, size))
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 30, 3), 77, np.uint8)).save(buffer, format="PNG")
+    assert np.all(decode_photo(tf.constant(buffer.getvalue()), (10, 10)).numpy() == 77)

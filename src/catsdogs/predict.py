@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from catsdogs import tracking
 from catsdogs.errors import CatsDogsError
-from catsdogs.inputs import IMAGE_SUFFIXES, LABELS, photos_under
+from catsdogs.inputs import IMAGE_SUFFIXES, LABELS, decode_photo, photos_under
 
 DEFAULT_MODEL = "champion"
 BATCH_SIZE = 32
@@ -228,9 +228,9 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
     """Reads a photo as the training pipeline does.
 
-    Decoded by TensorFlow to 3 channels (the first frame of an animation),
-    resized bilinearly, rounded to whole 0..255 values like the cached
-    training photos (see ``inputs.make_dataset``).
+    Decoded by :func:`catsdogs.inputs.decode_photo`, as the training and
+    evaluation photos are: 3 channels (the first frame of an animation),
+    resized bilinearly, rounded to whole 0..255 values.
 
     Args:
         path: a JPEG, PNG, GIF, BMP or WebP file.
@@ -243,9 +243,7 @@ def load_image(path: Path, image_size: tuple[int, int]) -> np.ndarray:
         OSError: the file cannot be read.
         tf.errors.InvalidArgumentError: the bytes are not an image TensorFlow decodes.
     """
-    image = tf.io.decode_image(Path(path).read_bytes(), channels=3, expand_animations=False)
-    image = tf.image.resize(image, image_size, method="bilinear")
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    image = decode_photo(tf.constant(Path(path).read_bytes()), tuple(image_size))
     return tf.cast(image, tf.float32).numpy()
 
 
