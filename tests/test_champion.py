@@ -67,19 +67,6 @@ def test_no_candidates_is_a_bug():
         choose_champion([])
 
 
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, None),
-        ({"DVC_EXP_NAME": "wider-head", "DVC_EXP_BASELINE_REV": "abc123"}, "wider-head"),
-        ({"DVC_EXP_BASELINE_REV": "abc123"}, "abc123"),
-        ({"DVC_ROOT": "/repo", "DVC_STAGE": "evaluate"}, None),  # what plain `dvc repro` sets
-    ],
-)
-def test_dvc_experiments_are_recognised_from_the_environment(env, expected):
-    assert champion.experiment_name(env) == expected
-
-
 def fingerprints(**by_run: dict) -> Callable[[str], dict]:
     return lambda run_id: by_run[run_id]
 
@@ -208,9 +195,9 @@ def test_show_lists_versions_with_validation_and_test_accuracy(store, capsys):
     champion.main(["show"])
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["version", "stage", "best_val_acc", "test_acc", "aliases"]
-    assert lines[1].split() == ["1", "scratch_cnn", "0.800", "0.713", "@champion", "@scratch_cnn"]
-    assert lines[3].split() == ["3", "fine_tune", "0.800", "@fine_tune"]
+    assert lines[0].split() == ["version", "stage", "best_val_acc", "test_acc", "experiment", "aliases"]
+    assert lines[1].split() == ["1", "scratch_cnn", "0.800", "0.713", "-", "@champion", "@scratch_cnn"]
+    assert lines[3].split() == ["3", "fine_tune", "0.800", "-", "@fine_tune"]
 
 
 def test_promote_with_nothing_registered_says_to_train_first(store, monkeypatch):
@@ -241,3 +228,50 @@ def test_the_command_line_prints_the_error_without_a_traceback(store, project):
     assert done.returncode == 1
     assert "champion: error: cats-vs-dogs has no version 42; existing versions: 1 (scratch_cnn" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def experiment_store(tmp_path, monkeypatch) -> MlflowClient:
+    """The workspace registered scratch_cnn (v1) and fine_tune (v2) with their aliases and
+    champion v2; experiment wider-head then registered scratch_cnn v3 and its evaluate chose it."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(root)
+    client = None
+    for stage, experiment in (("scratch_cnn", None), ("fine_tune", None), ("scratch_cnn", "wider-head")):
+        if experiment:
+            monkeypatch.setenv("DVC_EXP_NAME", experiment)
+        with tracking.start_run(stage, {}, manifest=None, root=root) as run:
+            client = MlflowClient()
+            if not client.search_registered_models(f"name = '{REGISTERED_MODEL_NAME}'"):
+                client.create_registered_model(REGISTERED_MODEL_NAME)
+            tags = {"dvc.stage": stage, **({"dvc.exp_name": experiment} if experiment else {})}
+            version = client.create_model_version(
+                REGISTERED_MODEL_NAME, f"runs:/{run.run_id}/model", run_id=run.run_id, tags=tags
+            )
+            if experiment is None:
+                client.set_registered_model_alias(REGISTERED_MODEL_NAME, stage, version.version)
+            else:
+                tracking.set_run_tags(run.parent_run_id, {"champion.version": version.version})
+    client.set_registered_model_alias(REGISTERED_MODEL_NAME, "champion", "2")
+    return client
+
+
+def test_promoting_an_experiment_moves_its_stages_aliases_and_the_champion(experiment_store, capsys):
+    assert aliases(experiment_store) == {"scratch_cnn": "1", "fine_tune": "2", "champion": "2"}
+
+    champion.main(["promote", "--experiment", "wider-head"])
+
+    assert aliases(experiment_store) == {"scratch_cnn": "3", "fine_tune": "2", "champion": "3"}
+    out = capsys.readouterr().out
+    assert "cats-vs-dogs@scratch_cnn -> version 3 (scratch_cnn)" in out
+    assert "cats-vs-dogs@champion -> version 3 (scratch_cnn)" in out
+    assert tracking.registered_versions()[2].experiment == "wider-head"
+
+
+def test_promoting_an_unknown_experiment_names_those_that_exist(experiment_store):
+    with pytest.raises(ChampionError, match="experiment 'no-such' registered no model .* with registered models: wider-head"):
+        champion.main(["promote", "--experiment", "no-such"])
+    assert aliases(experiment_store) == {"scratch_cnn": "1", "fine_tune": "2", "champion": "2"}

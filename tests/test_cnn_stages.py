@@ -107,12 +107,14 @@ def test_augmented_stage_writes_outputs_and_one_mlflow_run(tmp_path, small_datas
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(summary["best_val_accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"history.csv", "learning_curves.png", "model_summary.txt"} <= artifacts
-    version = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "augmented_cnn")
-    assert version.run_id == run.info.run_id
+    # Inside an experiment the model is registered, tagged with its name, and moves no alias.
+    (version,) = client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}' and run_id = '{run.info.run_id}'")
+    assert version.tags["dvc.exp_name"] == "tiny-exp"
+    assert "augmented_cnn" not in client.get_registered_model(REGISTERED_MODEL_NAME).aliases
 
     photos = np.stack([np.asarray(keras.utils.load_img(p, target_size=(48, 48)), dtype=np.float32)
                        for p in sorted((small_dataset / "test" / "dog").glob("*.jpg"))[:2]])
-    served = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL_NAME}@augmented_cnn")
+    served = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL_NAME}/{version.version}")
     np.testing.assert_allclose(np.asarray(served.predict(photos)).reshape(-1), model.predict(photos, verbose=0).reshape(-1), rtol=1e-5)
 
 

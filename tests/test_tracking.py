@@ -202,15 +202,31 @@ def test_artifacts_hold_curves_summary_and_history(logged, tmp_path):
     pd.testing.assert_frame_equal(history, logged["history"], check_dtype=False)
 
 
-def test_model_is_registered_under_the_stage_alias(logged):
-    version = logged["client"].get_model_version_by_alias("cats-vs-dogs", STAGE)
+def test_an_experiments_model_is_registered_with_its_name_and_moves_no_alias(logged):
+    client = logged["client"]
+    version = client.get_model_version("cats-vs-dogs", logged["version"])
 
-    assert str(version.version) == logged["version"]
     assert version.run_id == logged["run"].info.run_id
+    assert version.tags["dvc.exp_name"] == "tiny-exp" and version.tags["dvc.stage"] == STAGE
+    assert client.get_registered_model("cats-vs-dogs").aliases == {}
+
+
+def test_outside_an_experiment_the_model_takes_the_stage_alias(logged, project, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    monkeypatch.chdir(project)
+    with tracking.start_run(STAGE, {}, manifest=None) as run:
+        version = run.log_model(logged["model"], example=logged["sample"][0])
+
+    client = logged["client"]
+    assert str(client.get_model_version_by_alias("cats-vs-dogs", STAGE).version) == version
+    assert "dvc.exp_name" not in client.get_model_version("cats-vs-dogs", version).tags
+    assert int(version) == int(logged["version"]) + 1
 
 
 def test_registered_model_predicts_like_keras(logged):
-    loaded = mlflow.pyfunc.load_model(f"models:/cats-vs-dogs@{STAGE}")
+    loaded = mlflow.pyfunc.load_model(f"models:/cats-vs-dogs/{logged['version']}")
 
     assert loaded.metadata.get_input_schema().inputs[0].shape == (-1, 8, 8, 3)
     assert loaded.metadata.get_output_schema().inputs[0].shape == (-1, 1)

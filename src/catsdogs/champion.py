@@ -4,19 +4,24 @@
 to the model with the best test accuracy; a tie goes to the cheaper model,
 meaning the one that took fewer seconds to train (then the one with fewer
 parameters, then the earlier stage of the pipeline). Inside ``dvc exp run``
-evaluate only records its choice: an experiment is a trial, and promoting it
-is a decision made by hand::
+nothing moves an alias: the experiment's models are registered, tagged with
+its name, and its evaluate only records its choice. An experiment is a trial,
+and promoting it is a decision made by hand::
 
     python -m catsdogs.champion show                   # versions, aliases, scores
     python -m catsdogs.champion promote --version 7
     python -m catsdogs.champion promote --alias fine_tune
+    python -m catsdogs.champion promote --experiment wider-head
+
+``--experiment`` adopts a whole experiment, as after ``dvc exp apply``: each
+stage it trained gets its alias on the experiment's model, and ``champion``
+goes to the model the experiment's evaluate chose.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +38,6 @@ ACCURACY_PLACES = 9
 # What ties a registered version to the model file evaluate scored: the
 # training stage logs its metrics/training/<stage>.json summary into its run.
 FINGERPRINT = ("training_seconds", "best_val_accuracy")
-# DVC sets both in every `dvc exp run` (workspace, --temp or --queue; the name
-# is a random one without -n); a plain `dvc repro` sets neither.
-EXPERIMENT_VARIABLES = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
 
 
 class ChampionError(CatsDogsError):
@@ -115,23 +117,6 @@ def choose_champion(candidates: Sequence[Candidate]) -> Choice:
     return Choice(winner=winner, candidates=tuple(candidates))
 
 
-def experiment_name(env: Mapping[str, str] | None = None) -> str | None:
-    """Says whether the code runs inside ``dvc exp run``.
-
-    Args:
-        env: the environment; ``os.environ`` by default.
-
-    Returns:
-        The experiment's name (or its baseline commit when DVC gave no name),
-        or None outside an experiment.
-    """
-    env = os.environ if env is None else env
-    for variable in EXPERIMENT_VARIABLES:
-        if env.get(variable):
-            return env[variable]
-    return None
-
-
 def stage_version(
     stage: str,
     summary: Mapping[str, object],
@@ -140,11 +125,10 @@ def stage_version(
 ) -> RegisteredVersion | None:
     """Finds the registered version of the model a stage's summary describes.
 
-    Usually the alias ``@<stage>``. But ``dvc exp run --temp`` trains in a copy
-    of the repo and moves that alias to its own model while the workspace keeps
-    its model, so the version must also have logged the summary's
-    :data:`FINGERPRINT` values; failing that, the newest version of the stage
-    that did is taken.
+    Usually the alias ``@<stage>``. But inside ``dvc exp run`` the alias stays
+    on the workspace's model while the experiment evaluates the one it trained,
+    so the version must also have logged the summary's :data:`FINGERPRINT`
+    values; failing that, the newest version of the stage that did is taken.
 
     Args:
         stage: the model stage.
@@ -189,7 +173,9 @@ def promotion_note(choice: Choice, experiment: str | None) -> str:
     if experiment is not None:
         return (
             f"This ran inside `dvc exp run` (experiment {experiment}), so the alias `{CHAMPION_ALIAS}` was "
-            f"not moved; to promote this model: `python -m catsdogs.champion promote --version {winner.version}`."
+            f"not moved; to promote this model: `python -m catsdogs.champion promote --version {winner.version}`, "
+            f"or the whole experiment (after `dvc exp apply {experiment}`): "
+            f"`python -m catsdogs.champion promote --experiment {experiment}`."
         )
     return (
         f"The alias `{CHAMPION_ALIAS}` now points to {REGISTERED_MODEL_NAME} version {winner.version} "
@@ -265,16 +251,54 @@ def promote(*, version: str | None = None, alias: str | None = None, root: Path 
     return target
 
 
+def promote_experiment(experiment: str, root: Path | None = None) -> dict[str, RegisteredVersion]:
+    """Moves the aliases to a DVC experiment's models, by hand.
+
+    Each stage the experiment trained gets ``@<stage>`` on its newest version
+    registered by the experiment; ``@champion`` goes to the version the
+    experiment's evaluate chose, if evaluate ran in it.
+
+    Args:
+        experiment: the experiment's name, as ``dvc exp show`` lists it.
+        root: the project whose MLflow store is used; found from the current
+            directory by default.
+
+    Returns:
+        ``{alias: version}`` of every alias moved.
+
+    Raises:
+        ChampionError: the experiment registered no model and has no parent run.
+        catsdogs.tracking.TrackingError: the store cannot be reached.
+    """
+    uri = tracking.use_store(root)
+    versions = tracking.registered_versions()
+    moves = {v.stage: v for v in versions if v.experiment == experiment and v.stage}  # oldest first: the newest wins
+    parent = tracking.experiment_parent_tags(experiment)
+    chosen = (parent or {}).get("champion.version", "none")
+    if chosen != "none":
+        moves[CHAMPION_ALIAS] = resolve_version(versions, version=chosen)
+    if not moves:
+        known = sorted({v.experiment for v in versions if v.experiment})
+        raise ChampionError(
+            f"experiment {experiment!r} registered no model and chose no champion in {uri}; "
+            f"experiments with registered models: {', '.join(known) or 'none'}"
+        )
+    for alias, version in moves.items():
+        tracking.set_model_alias(alias, version.version)
+    return moves
+
+
 def version_table(versions: Sequence[RegisteredVersion], run_metrics: Callable[[str], Mapping[str, float]]) -> str:
     """Formats the versions with their stage, aliases and validation and test accuracy."""
-    lines = [f"{'version':>7}  {'stage':<16} {'best_val_acc':>12} {'test_acc':>8}  aliases"]
+    lines = [f"{'version':>7}  {'stage':<16} {'best_val_acc':>12} {'test_acc':>8}  {'experiment':<14} aliases"]
     for v in versions:
         logged = run_metrics(v.run_id) if v.run_id else {}
         val = logged.get("best_val_accuracy")
         test = logged.get("test_accuracy")
         lines.append(
             f"{v.version:>7}  {v.stage or '?':<16} {'' if val is None else f'{val:.3f}':>12} "
-            f"{'' if test is None else f'{test:.3f}':>8}  {' '.join('@' + a for a in v.aliases)}"
+            f"{'' if test is None else f'{test:.3f}':>8}  {v.experiment or '-':<14} "
+            f"{' '.join('@' + a for a in v.aliases)}"
         )
     return "\n".join(lines)
 
@@ -292,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     which = promote_parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--version", help="the version number, e.g. 7")
     which.add_argument("--alias", help="the alias of the version, e.g. fine_tune")
+    which.add_argument(
+        "--experiment", help="a DVC experiment's name: its models take their stages' aliases, its champion @champion"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "show":
@@ -301,6 +328,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"no version of {REGISTERED_MODEL_NAME} is registered in {uri}")
             return
         print(version_table(versions, tracking.run_metrics))
+        return
+    if args.experiment:
+        moved = promote_experiment(args.experiment)
+        for alias, version in moved.items():
+            print(f"{REGISTERED_MODEL_NAME}@{alias} -> version {version.version} ({version.stage or 'unknown stage'})")
+        if CHAMPION_ALIAS not in moved:
+            print(f"@{CHAMPION_ALIAS} not moved: evaluate did not run in experiment {args.experiment}")
         return
     target = promote(version=args.version, alias=args.alias)
     print(f"{REGISTERED_MODEL_NAME}@{CHAMPION_ALIAS} -> version {target.version} ({target.stage or 'unknown stage'})")

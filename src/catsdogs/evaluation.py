@@ -36,6 +36,7 @@ from sklearn import metrics as skm
 from catsdogs import champion, reports, tracking
 from catsdogs.config import TRAINING_STAGES
 from catsdogs.errors import CatsDogsError
+from catsdogs.execution import experiment_name
 from catsdogs.inputs import LABELS, load_split_arrays
 
 THRESHOLD = 0.5  # P(dog) at or above which a photo is called a dog
@@ -418,7 +419,7 @@ def run_evaluation(
         )
         for e in evaluations
     ])
-    experiment = champion.experiment_name()
+    experiment = experiment_name()
     promote = experiment is None and choice.winner.version is not None
     note = champion.promotion_note(choice, experiment)
     table = reports.comparison_table(
@@ -465,7 +466,8 @@ def record_in_mlflow(
     files: Mapping[str, Sequence[Path]],
     root: Path,
 ) -> str:
-    """Logs the ``evaluate`` run, adds test metrics to each model's run, moves the alias.
+    """Logs the ``evaluate`` run, adds test metrics to each model's run and to the
+    pipeline's parent run, moves the alias.
 
     Args:
         evaluations: each model's test results.
@@ -485,8 +487,14 @@ def record_in_mlflow(
         "champion.version": choice.winner.version or "none",
         "champion.promoted": str(promote).lower(),
     }
-    with tracking.start_run("evaluate", run_params, manifest=manifest, extra_tags=tags, root=root) as run:
-        run.log_summary({f"{e.stage}.{key}": value for e in evaluations for key, value in e.summary().items()})
+    with tracking.start_run(
+        "evaluate", run_params, manifest=manifest, extra_tags=tags, root=root, dataset_context="evaluation"
+    ) as run:
+        scores = {f"{e.stage}.{key}": value for e in evaluations for key, value in e.summary().items()}
+        run.log_summary(scores)
+        # The parent run compares executions: it gets every model's test scores and the choice.
+        tracking.log_run_metrics(run.parent_run_id, scores)
+        tracking.set_run_tags(run.parent_run_id, tags)
         for folder, paths in files.items():
             for path in paths:
                 tracking.log_artifacts(run.run_id, Path(path), folder)

@@ -1,12 +1,14 @@
 """MLflow tracking shared by the training stages: one run per stage execution.
 
-The only module that imports mlflow. A stage wraps its work in
-:func:`start_run`, which points MLflow at the project's store, opens a run
-named after the stage with tags saying what code, data and machine produced
-it, and logs the stage's params once. The handle it yields gives the Keras
+With :mod:`catsdogs.parent_runs`, the only module that imports mlflow. A
+stage wraps its work in :func:`start_run`, which points MLflow at the
+project's store, opens a run named after the stage, as a child of its pipeline
+execution's parent run, with tags saying what code, data and machine produced
+it, logs the stage's params once, its dataset (``mlflow.log_input``) and,
+while it runs, MLflow's system metrics (CPU, memory, GPU where there is one). The handle it yields gives the Keras
 callback for per-epoch metrics and logs the summary, the learning curves, the
 model summary and the model itself (registered as a new version of
-``cats-vs-dogs`` with an alias named after the stage)::
+``cats-vs-dogs``, with an alias named after the stage outside experiments)::
 
     with tracking.start_run("scratch_cnn", params, manifest=manifest) as run:
         history = model.fit(..., callbacks=[run.callback()])
@@ -31,6 +33,7 @@ import subprocess
 import tempfile
 import time
 import types
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +42,8 @@ from typing import Any
 
 import keras
 import mlflow
+import mlflow.data
+import mlflow.data.pandas_dataset
 import mlflow.keras
 import numpy as np
 import pandas as pd
@@ -49,14 +54,18 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.types import Schema, TensorSpec
 
+from catsdogs import parent_runs
 from catsdogs.curves import plot_learning_curves
 from catsdogs.errors import CatsDogsError
+from catsdogs.execution import experiment_name
 from catsdogs.project import project_root
 
 EXPERIMENT_NAME = "cats-vs-dogs"
 REGISTERED_MODEL_NAME = "cats-vs-dogs"
 STORE_DIR = "mlruns"
 PROBE_TIMEOUT_SECONDS = 5.0
+# MLflow keeps a dataset digest in at most 36 characters.
+DATASET_DIGEST_CHARS = 32
 # Files that change with every experiment without being code: a run whose only
 # edits are these still ran the committed code.
 NOT_CODE = ("params.yaml", "dvc.lock")
@@ -179,7 +188,7 @@ def run_tags(
                 f"dataset manifest {manifest} not found; run `dvc repro build_small_dataset` first"
             )
         tags["dataset.manifest_sha256"] = file_sha256(manifest)
-    if exp_name := os.environ.get("DVC_EXP_NAME"):
+    if exp_name := experiment_name():
         tags["dvc.exp_name"] = exp_name
     return {**tags, **(extra or {})}
 
@@ -283,6 +292,7 @@ class TrackedRun:
 
     run_id: str
     stage: str
+    parent_run_id: str | None = None
 
     def callback(self) -> EpochMetricsLogger:
         """Returns the Keras callback logging per-epoch metrics into this run."""
@@ -318,8 +328,12 @@ class TrackedRun:
     def log_model(self, model: keras.Model, example: np.ndarray) -> str:
         """Logs the model (Keras flavour) and registers it as the stage's version.
 
-        The model becomes a new version of ``cats-vs-dogs``, and the alias named
-        after the stage moves to it: ``models:/cats-vs-dogs@<stage>`` loads it.
+        The model becomes a new version of ``cats-vs-dogs``, tagged with its
+        stage and, inside ``dvc exp run``, its experiment's name. Outside an
+        experiment the alias named after the stage moves to it, and
+        ``models:/cats-vs-dogs@<stage>`` loads it; an experiment never moves
+        an alias (``python -m catsdogs.champion promote --experiment NAME``
+        does, by hand).
 
         Args:
             model: takes raw RGB photos, float32, values 0..255, shape
@@ -352,7 +366,13 @@ class TrackedRun:
             tags={"dvc.stage": self.stage},
         )
         version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL_NAME, self.stage, version)
+        client = mlflow.MlflowClient()
+        client.set_model_version_tag(REGISTERED_MODEL_NAME, version, "dvc.stage", self.stage)
+        experiment = experiment_name()
+        if experiment is not None:
+            client.set_model_version_tag(REGISTERED_MODEL_NAME, version, "dvc.exp_name", experiment)
+        else:
+            client.set_registered_model_alias(REGISTERED_MODEL_NAME, self.stage, version)
         return version
 
 
@@ -364,20 +384,24 @@ def start_run(
     manifest: Path | None,
     extra_tags: Mapping[str, str] | None = None,
     root: Path | None = None,
+    dataset_context: str = "training",
 ) -> Iterator[TrackedRun]:
-    """Opens the MLflow run of one stage execution.
+    """Opens the MLflow run of one stage execution, under its pipeline's parent run.
 
     Args:
         stage: the DVC stage name; also the run name and the model alias.
         params: every value the stage reads, flat (see ``config.flatten``),
             plus the split sizes; logged in one call.
-        manifest: the dataset manifest, whose digest is tagged; None for none.
+        manifest: the dataset manifest, whose digest is tagged and which is
+            logged as the run's dataset input; None for none.
         extra_tags: more tags for the run.
         root: the project root; found from the current directory by default.
+        dataset_context: what the run uses the dataset for, shown beside it
+            in the UI ("training", "evaluation").
 
     Yields:
         The run's handle. The run ends FINISHED, or FAILED if the block raises
-        (the exception propagates).
+        (the exception propagates); the parent run ends with the same status.
 
     Raises:
         TrackingError: the store cannot be reached, or the manifest is missing.
@@ -385,11 +409,72 @@ def start_run(
     root = Path(root).resolve() if root is not None else project_root()
     experiment_id = use_experiment(root)
     tags = run_tags(stage, manifest, extra_tags)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as active:
-        run_id = active.info.run_id
-        batch = [Param(key, str(value)) for key, value in params.items()]
-        mlflow.MlflowClient().log_batch(run_id, params=batch)
-        yield TrackedRun(run_id=run_id, stage=stage)
+    client = mlflow.MlflowClient()
+    params_file = Path("params.yaml").resolve()
+    parent_id = parent_runs.open_parent(
+        client,
+        experiment_id,
+        project=root,
+        params_file=params_file,
+        params_sha256=file_sha256(params_file) if params_file.is_file() else "none",
+        shared=tags,
+    )
+    tags.update(parent_runs.child_tags(parent_id))
+    run_id = None
+    try:
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=True
+        ) as active:
+            run_id = active.info.run_id
+            batch = [Param(key, str(value)) for key, value in params.items()]
+            client.log_batch(run_id, params=batch)
+            if manifest is not None:
+                log_dataset(manifest, dataset_context)
+            yield TrackedRun(run_id=run_id, stage=stage, parent_run_id=parent_id)
+    finally:
+        if run_id is not None:
+            parent_runs.close_parent(client, parent_id, run_id)
+
+
+def manifest_dataset(manifest: Path, frame: pd.DataFrame) -> mlflow.data.pandas_dataset.PandasDataset:
+    """The small dataset as MLflow describes it: the manifest's rows, named by its digest.
+
+    Args:
+        manifest: ``manifest.csv``, one row per photo (split, label, filename, sha256, ...).
+        frame: its rows.
+
+    Returns:
+        A dataset whose digest is the manifest's SHA-256 (its first 32 hex
+        digits), so two runs on the same photos show the same dataset.
+    """
+    with warnings.catch_warnings():
+        # MLflow registers the same local source twice (for paths and for
+        # file:// URIs) and warns that it picked one; the manifest's integer
+        # columns (width, height) have no missing values to warn about.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        return mlflow.data.from_pandas(
+            frame,
+            source=str(Path(manifest).resolve()),
+            name="small-dataset",
+            targets="label" if "label" in frame.columns else None,
+            digest=file_sha256(manifest)[:DATASET_DIGEST_CHARS],
+        )
+
+
+def photo_counts(frame: pd.DataFrame) -> dict[str, str]:
+    """``{"photos": "5000", "photos.train.cat": "1500", ...}``: photos in all, per split and label."""
+    counts = {"photos": str(len(frame))}
+    if {"split", "label"} <= set(frame.columns):
+        for (split, label), n in frame.groupby(["split", "label"]).size().items():
+            counts[f"photos.{split}.{label}"] = str(n)
+    return counts
+
+
+def log_dataset(manifest: Path, context: str) -> None:
+    """Logs the manifest as the active run's dataset input, tagged with the photos per split."""
+    frame = pd.read_csv(manifest)
+    mlflow.log_input(manifest_dataset(manifest, frame), context=context, tags=photo_counts(frame))
 
 
 # The model registry as the evaluate stage and the champion command use it:
@@ -405,6 +490,7 @@ class RegisteredVersion:
     run_id: str | None
     stage: str | None  # the ``dvc.stage`` tag of the run that logged it
     aliases: tuple[str, ...] = ()
+    experiment: str | None = None  # the DVC experiment that registered it, None for `dvc repro`
 
 
 def use_store(root: Path | None = None) -> str:
@@ -459,12 +545,22 @@ def registered_versions() -> list[RegisteredVersion]:
         aliases.setdefault(str(version), []).append(alias)
     found = []
     for mv in client.search_model_versions(f"name = '{REGISTERED_MODEL_NAME}'"):
-        stage = mv.tags.get("dvc.stage")
+        stage, experiment = mv.tags.get("dvc.stage"), mv.tags.get("dvc.exp_name")
         if stage is None and mv.run_id:
-            stage = client.get_run(mv.run_id).data.tags.get("dvc.stage")
+            run_tags = client.get_run(mv.run_id).data.tags
+            stage, experiment = run_tags.get("dvc.stage"), run_tags.get("dvc.exp_name")
         version = str(mv.version)
-        found.append(RegisteredVersion(version, mv.run_id or None, stage, tuple(sorted(aliases.get(version, ())))))
+        found.append(RegisteredVersion(
+            version, mv.run_id or None, stage, tuple(sorted(aliases.get(version, ()))), experiment
+        ))
     return sorted(found, key=lambda v: int(v.version))
+
+
+def experiment_parent_tags(experiment: str) -> dict[str, str] | None:
+    """The tags of the newest parent run of a DVC experiment; None if it has none."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(EXPERIMENT_NAME)
+    return None if found is None else parent_runs.newest_parent_tags(client, found.experiment_id, experiment)
 
 
 def set_model_alias(alias: str, version: str) -> None:
