@@ -6,6 +6,17 @@ VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 UI_PORT    ?= 5000
 SERVE_PORT ?= 5001
+# make server: the team's MLflow server on PostgreSQL (docs/team-setup.md).
+SERVER_DIR   ?= $(CURDIR)/.server
+PGDATA       ?= $(SERVER_DIR)/postgres
+PG_PORT      ?= 5433
+SERVER_HOST  ?= 127.0.0.1
+SERVER_PORT  ?= 5002
+ARTIFACTS    ?= $(SERVER_DIR)/artifacts
+# make s3: SeaweedFS's S3 store on 127.0.0.1 (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).
+S3_DIR       ?= $(SERVER_DIR)/s3
+S3_PORT      ?= 8333
+S3_BUCKET    ?= catsdogs
 # Stamp file: reinstall when a pin changes, not on every call.
 READY  := $(VENV)/.ready
 
@@ -17,7 +28,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test ui serve estimate book bench compare
+.PHONY: help venv run test ui serve server s3 estimate book bench compare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -56,5 +67,12 @@ ui: $(READY) ## browse runs and registered models in the MLflow UI (UI_PORT=5000
 	catsdogs ui --port $(UI_PORT)
 
 serve: $(READY) ## serve the champion model at http://127.0.0.1:$(SERVE_PORT)/invocations
-	MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlruns/mlflow.db mlflow models serve \
+	MLFLOW_TRACKING_URI=$(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlruns/mlflow.db) mlflow models serve \
 		-m "models:/cats-vs-dogs@champion" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+server: $(READY) ## the team's MLflow server on PostgreSQL at http://$(SERVER_HOST):$(SERVER_PORT)
+	python -m catsdogs.team_server mlflow --pgdata $(PGDATA) --pg-port $(PG_PORT) \
+		--artifacts-destination $(ARTIFACTS) --host $(SERVER_HOST) --port $(SERVER_PORT)
+
+s3: $(READY) ## an S3 store (SeaweedFS) at http://127.0.0.1:$(S3_PORT) for DVC and MLflow artifacts
+	python -m catsdogs.team_server s3 --dir $(S3_DIR) --port $(S3_PORT) --bucket $(S3_BUCKET)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny photo folders, a sample of the real mirror, a
-throw-away copy of the repository for running DVC end to end, and a server
-subprocess on a free 127.0.0.1 port."""
+throw-away copy of the repository for running DVC end to end, a server
+subprocess on a free 127.0.0.1 port, and the team's engines (PostgreSQL,
+the MLflow server, SeaweedFS's S3) started for real."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +25,8 @@ import pytest
 import requests
 import yaml
 from PIL import Image
+
+from catsdogs.team_server import Postgres, free_port, s3_store_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT.parent / "shared" / "datasets" / "dogs-vs-cats" / "train.zip"
@@ -157,7 +161,8 @@ def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "DVC_NO_ANALYTICS": "1",
     }
-    full_env.pop("MLFLOW_TRACKING_URI", None)
+    if "MLFLOW_TRACKING_URI" not in env:  # only a test that names a store gets one
+        full_env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
@@ -219,13 +224,6 @@ def jpeg_bytes(image: Image.Image, **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", **save_args)
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop_process_group(process: subprocess.Popen) -> None:
@@ -291,3 +289,71 @@ def running_server(
         yield seconds
     finally:
         stop_process_group(process)
+
+
+@dataclass(frozen=True)
+class TeamEngines:
+    """PostgreSQL, the MLflow server on it (``make server``) and an S3 store, all running."""
+
+    tracking_uri: str  # the MLflow server
+    s3_endpoint: str
+    bucket: str  # MLflow's artifacts go under s3://<bucket>/mlflow/
+    credentials: dict[str, str]  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY of the S3 store
+    postgres: Postgres
+    start_seconds: dict[str, float]
+
+    def s3(self):
+        """A boto3 S3 client of the store."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the bucket under ``prefix``."""
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def team_engines() -> Iterator[TeamEngines]:
+    """Starts ``weed mini``, then ``make server`` (PostgreSQL, then MLflow
+    with its artifacts in the S3 store), each on free 127.0.0.1 ports, waits
+    for them (bounded), and stops them by their own process ids."""
+    # PostgreSQL runs as the postgres user, which cannot enter pytest's private tmp folders.
+    base = Path(tempfile.mkdtemp(prefix="catsdogs-engines-"))
+    base.chmod(0o755)
+    credentials = {"AWS_ACCESS_KEY_ID": "catsdogs-test", "AWS_SECRET_ACCESS_KEY": "catsdogs-test-secret"}
+    env = {**os.environ, **credentials, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    s3_port, pg_port, server_port = free_port(), free_port(), free_port()
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    postgres = Postgres(base / "postgres", pg_port)
+    seconds: dict[str, float] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            (base / "s3").mkdir()
+            seconds["weed mini"] = stack.enter_context(running_server(
+                s3_store_command(base / "s3", s3_port, bucket="catsdogs"), cwd=base, env=env, ready_url=f"{s3_endpoint}/healthz",
+                name="weed mini", log_path=base / "weed.log", timeout=90,
+            ))
+            engines = TeamEngines(
+                tracking_uri=f"http://127.0.0.1:{server_port}", s3_endpoint=s3_endpoint, bucket="catsdogs",
+                credentials=credentials, postgres=postgres, start_seconds=seconds,
+            )
+            stack.callback(postgres.stop)
+            server = [
+                "make", "-C", str(ROOT), "--no-print-directory", "server", f"PGDATA={postgres.data_dir}",
+                f"PG_PORT={pg_port}", f"SERVER_PORT={server_port}", f"ARTIFACTS=s3://{engines.bucket}/mlflow",
+            ]
+            seconds["make server"] = stack.enter_context(running_server(
+                server, cwd=ROOT, env={**env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+                ready_url=f"{engines.tracking_uri}/health", name="make server", log_path=base / "server.log",
+                timeout=240,
+            ))
+            yield engines
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

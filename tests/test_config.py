@@ -79,6 +79,7 @@ def test_flatten_names_every_value():
     assert flat["download.max_entry_mb"] == params.download.max_entry_mb
     assert flatten(params.base, "base") == {
         "base.seed": params.base.seed, "base.image_size": params.base.image_size, "base.precision": params.base.precision,
+        "base.distribution": params.base.distribution,
     }
 
 

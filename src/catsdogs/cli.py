@@ -167,6 +167,11 @@ def _ui(args: argparse.Namespace) -> int:
     from catsdogs import tracking, ui
 
     root = tracking.project_root()
+    uri = tracking.tracking_uri(root)
+    if uri.startswith(("http://", "https://")):
+        # A tracking server is its own UI: nothing to start, only where to look.
+        print(f"{PROG} ui: MLFLOW_TRACKING_URI is a tracking server; open {ui.server_page(uri)}", flush=True)
+        return EXIT_OK
     command = ui.ui_command(root, host=args.host, port=args.port)
     base = f"http://{args.host}:{args.port}"
     experiment_id = ui.project_experiment_id(root)

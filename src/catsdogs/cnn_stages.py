@@ -40,7 +40,7 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
     size, seed = params.base.image_size, params.base.seed
     models.check_image_size(stage, size)
     make_deterministic(seed)
-    configure_runtime(params.base.precision)
+    runtime = configure_runtime(params.base.precision, params.base.distribution)
     augment = make_augmentation(params.augmentation, seed) if stage in AUGMENTED else None
     train = make_dataset(
         data_dir / "train",
@@ -54,8 +54,9 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
     validation = make_dataset(
         data_dir / "validation", image_size=size, batch_size=settings.batch_size, shuffle=False, seed=seed
     )
-    model = ARCHITECTURES[stage](size)
-    models.compile_model(model, settings.optimizer, settings.learning_rate)
+    with runtime.strategy.scope():
+        model = ARCHITECTURES[stage](size)
+        models.compile_model(model, settings.optimizer, settings.learning_rate)
     return train_and_record(
         stage,
         model,

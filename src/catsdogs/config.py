@@ -22,6 +22,9 @@ FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 VGG16_PREPROCESSING = ("rescale", "imagenet")
 # Keras dtype policies; auto is mixed_float16 on a GPU, float32 on the CPU.
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# none: the one device TensorFlow picks; mirrored: tf.distribute.MirroredStrategy
+# over every visible GPU (see runtime.make_strategy).
+DISTRIBUTIONS = ("none", "mirrored")
 
 
 class ParamsError(CatsDogsError, ValueError):
@@ -45,6 +48,7 @@ class BaseParams:
     seed: int = 42
     image_size: int = 150
     precision: str = "auto"
+    distribution: str = "none"
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,11 @@ def _validate(params: Params) -> None:
     _positive("base.image_size", params.base.image_size)
     if params.base.precision not in PRECISIONS:
         raise _fail("base.precision", f"unknown value {params.base.precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if params.base.distribution not in DISTRIBUTIONS:
+        raise _fail(
+            "base.distribution",
+            f"unknown value {params.base.distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}",
+        )
     _positive("download.max_entry_mb", params.download.max_entry_mb)
     ds = params.build_small_dataset
     for name in ("train_per_class", "validation_per_class", "test_per_class", "min_side"):

@@ -22,6 +22,7 @@ import tensorflow as tf
 from catsdogs import tracking, training
 from catsdogs.config import Params, TrainParams, flatten
 from catsdogs.inputs import count_images
+from catsdogs.runtime import distribution_tags
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def train_and_record(
 
     Args:
         stage: the DVC stage name (run name and registered-model alias).
-        model: compiled, taking raw 0..255 RGB photos.
+        model: compiled, taking raw 0..255 RGB photos; built inside the
+            scope of the strategy it trains under (tagged ``distribution``).
         train: training batches; repeating when ``settings.steps_per_epoch`` is set.
         validation: validation batches, never augmented.
         settings: the stage's epochs, batch size and steps per epoch.
@@ -115,7 +117,8 @@ def train_and_record(
         The summary written to ``outputs.metrics``.
     """
     deployable = model if deployable is None else deployable
-    with tracking.start_run(stage, run_params, manifest=manifest, extra_tags=extra_tags) as run:
+    tags = {**distribution_tags(model.distribute_strategy), **(extra_tags or {})}
+    with tracking.start_run(stage, run_params, manifest=manifest, extra_tags=tags) as run:
         run.log_model_summary(deployable)
         result = training.fit(
             model,

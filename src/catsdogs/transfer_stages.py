@@ -49,11 +49,12 @@ def train_vgg16_features(params: Params, *, features_dir: Path, data_dir: Path, 
     """
     stage, settings, seed = "vgg16_features", params.vgg16_features, params.base.seed
     make_deterministic(seed)
-    configure_runtime(params.base.precision)
+    runtime = configure_runtime(params.base.precision, params.base.distribution)
     train_x, train_y = load_features(features_dir, "train")
     val_x, val_y = load_features(features_dir, "validation")
-    head = models.build_classifier_head(train_x.shape[1:])
-    models.compile_model(head, settings.optimizer, settings.learning_rate)
+    with runtime.strategy.scope():
+        head = models.build_classifier_head(train_x.shape[1:])
+        models.compile_model(head, settings.optimizer, settings.learning_rate)
     train = _batches(train_x, train_y, settings.batch_size, shuffle=True, seed=seed, repeat=settings.steps_per_epoch is not None)
     validation = _batches(val_x, val_y, settings.batch_size, shuffle=False, seed=seed, repeat=False)
     base, resolved = vgg16_base(params)
@@ -103,11 +104,12 @@ def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutpu
     """Trains a new head on augmented photos through the frozen base."""
     stage, settings = "vgg16_augmented", params.vgg16_augmented
     make_deterministic(params.base.seed)
-    configure_runtime(params.base.precision)
-    base, resolved = vgg16_base(params)
-    head = models.build_classifier_head(base.output_shape[1:])
-    model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
-    models.compile_model(model, settings.optimizer, settings.learning_rate)
+    runtime = configure_runtime(params.base.precision, params.base.distribution)
+    with runtime.strategy.scope():
+        base, resolved = vgg16_base(params)
+        head = models.build_classifier_head(base.output_shape[1:])
+        model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
+        models.compile_model(model, settings.optimizer, settings.learning_rate)
     return _train_on_augmented_photos(stage, model, params, data_dir=data_dir, outputs=outputs, tags=weights_tags(resolved))
 
 
@@ -148,21 +150,22 @@ def fine_tune(params: Params, *, data_dir: Path, model_paths: dict[str, Path], o
     """
     stage, settings = "fine_tune", params.fine_tune
     make_deterministic(params.base.seed)
-    configure_runtime(params.base.precision)
-    base, resolved = vgg16_base(params)
-    head = models.build_classifier_head(base.output_shape[1:])
-    weights = initial_head_weights(settings.initial_head, model_paths)
-    if weights is not None:
-        try:
-            head.set_weights(weights)
-        except ValueError as err:
-            raise TransferError(
-                f"fine_tune.initial_head={settings.initial_head}: its head does not fit VGG16 at "
-                f"base.image_size={params.base.image_size} ({err}); rerun `dvc repro {settings.initial_head}`"
-            ) from err
-    trainable = unfreeze_from(base, settings.trainable_from)
-    model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
-    models.compile_model(model, settings.optimizer, settings.learning_rate)
+    runtime = configure_runtime(params.base.precision, params.base.distribution)
+    with runtime.strategy.scope():
+        base, resolved = vgg16_base(params)
+        head = models.build_classifier_head(base.output_shape[1:])
+        weights = initial_head_weights(settings.initial_head, model_paths)
+        if weights is not None:
+            try:
+                head.set_weights(weights)
+            except ValueError as err:
+                raise TransferError(
+                    f"fine_tune.initial_head={settings.initial_head}: its head does not fit VGG16 at "
+                    f"base.image_size={params.base.image_size} ({err}); rerun `dvc repro {settings.initial_head}`"
+                ) from err
+        trainable = unfreeze_from(base, settings.trainable_from)
+        model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
+        models.compile_model(model, settings.optimizer, settings.learning_rate)
     print(f"fine_tune: training {', '.join(trainable)} and the head")
     tags = {**weights_tags(resolved), "fine_tune.trainable_layers": ",".join(trainable)}
     return _train_on_augmented_photos(stage, model, params, data_dir=data_dir, outputs=outputs, tags=tags)

@@ -1,5 +1,8 @@
 """The MLflow UI over the project's store: what ``make ui`` (``catsdogs ui``) starts.
 
+With ``MLFLOW_TRACKING_URI`` naming a tracking server (``make server``) there
+is nothing to start: the server is the UI, and ``catsdogs ui`` prints its page.
+
 The store is the SQLite database the stages write (see :mod:`catsdogs.tracking`),
 whose experiment already has an absolute ``file://`` artifact location, so the
 UI reads artifacts straight from ``mlruns/artifacts`` and needs no artifact
@@ -94,6 +97,17 @@ def run_url(base_url: str, experiment_id: str, run_id: str) -> str:
         f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
         "?workflowType=machine_learning"
     )
+
+
+def server_page(uri: str) -> str:
+    """Returns the experiment's page on a tracking server (its root before anything was tracked).
+
+    Raises:
+        tracking.TrackingError: the server does not answer.
+    """
+    tracking.check_tracking_server(uri)
+    experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(tracking.EXPERIMENT_NAME)
+    return experiment_url(uri, experiment.experiment_id) if experiment else uri
 
 
 def project_experiment_id(root: Path) -> str | None:
