@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
 from catsdogs import speed
-from catsdogs.benchmark import STAGES, BenchmarkError, run_benchmark, stage_timings, targets_met
+from catsdogs.benchmark import (
+    STAGES, BenchmarkError, noop_repro_breakdown, run_benchmark, shown, spread, stage_timings, targets_met,
+)
 from catsdogs.config import parse_params
 from catsdogs.inputs import load_split_arrays
 
@@ -81,23 +86,57 @@ def test_run_benchmark_measures_every_figure(small_dataset, tmp_path, capsys):
     result = run_benchmark(params, small_dataset, timings_dir=timings, repro=False)
     assert result["pipeline_minutes"] == pytest.approx(sum(60 + i for i in range(len(STAGES))) / 60, abs=0.01)
     assert result["peak_memory_gib"] == pytest.approx((1000 + len(STAGES) - 1) / 1024, abs=0.01)
-    assert set(result["images_per_second"]) == {
-        "decode_resize", "chapter_numpy_loading", "augmented_pipeline",
+    rates = result["images_per_second"]
+    assert set(rates) == {
+        "decode_resize", "chapter_numpy_loading", "augmented_pipeline", "augmented_pipeline_five_layers",
         "scratch_cnn.train", "augmented_cnn.train", "augmented_cnn.train_without_augmentation",
         "fine_tune.train", "vgg16_extraction",
     }
-    assert all(v > 0 for v in result["images_per_second"].values())
-    assert 0 < result["vgg16_flops"]["fraction_of_matmul"] < 1.5
-    assert result["augmented_epoch_speedup_ceiling"] > 0
+    figures = [*rates.values(), *(result[name] for name in (
+        "loading_speedup", "augmentation_step_ratio", "augmented_epoch_speedup",
+        "augmented_epoch_speedup_ceiling", "vgg16_fraction_of_matmul"))]
+    for figure in figures:  # every figure: the median of 3 rounds, with its range
+        assert len(figure["runs"]) == 3
+        assert figure["range"] == [min(figure["runs"]), max(figure["runs"])]
+        assert figure["median"] == sorted(figure["runs"])[1] and figure["median"] > 0
+    assert 0 < result["vgg16_fraction_of_matmul"]["median"] < 1.5
     assert result["augmented_epoch_seconds"]["steps"] == 3  # 24 photos in batches of 8
-    assert set(result["met"]) == {"pipeline_minutes", "peak_memory_gib", "augmented_epoch_speedup", "loading_speedup"}
+    assert set(result["met"]) == {"pipeline_minutes", "peak_memory_gib", "augmented_epoch_speedup", "loading_speedup",
+                                  "augmentation_step_ratio", "vgg16_fraction_of_matmul"}
+    cpu = result["machine"]["cpu"]
+    assert cpu["model"] and set(cpu["vector_instruction_sets"]) <= set(cpu["flags"])
     json.dumps(result)  # all of it can be written
     out = capsys.readouterr().out
-    assert "One augmented epoch" in out and "GFLOP/s" in out
+    assert "One augmented epoch" in out and "GFLOP/s" in out and "median of 3 rounds" in out
+
+
+def test_spread_gives_the_median_and_the_range():
+    assert spread([3.0, 1.0, 2.5]) == {"median": 2.5, "range": [1.0, 3.0], "runs": [3.0, 1.0, 2.5]}
+    assert shown(spread([3.0, 1.0, 2.5]), " s") == "2.5 s (1.0-3.0)"
+
+
+def test_a_noop_repro_breakdown_names_each_part(repo_copy, monkeypatch):
+    monkeypatch.chdir(repo_copy)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    breakdown = noop_repro_breakdown()
+    assert list(breakdown)[:2] == ["start-up", "reading dvc.yaml and dvc.lock"]
+    assert {f"checking {stage}" for stage in STAGES} <= set(breakdown)
+    assert all(seconds >= 0 for seconds in breakdown.values())
 
 
 def test_targets_met_compares_each_figure_with_its_target():
-    met = targets_met({"pipeline_minutes": 44.0, "peak_memory_gib": 6.0, "loading_speedup": 3.5,
-                       "augmented_epoch_speedup": 1.1, "noop_repro_seconds": 2.9})
+    met = targets_met({"pipeline_minutes": 44.0, "peak_memory_gib": 6.0, "loading_speedup": {"median": 3.5},
+                       "augmentation_step_ratio": {"median": 0.85}, "augmented_epoch_speedup": {"median": 1.1},
+                       "augmented_epoch_speedup_ceiling": {"median": 1.6},
+                       "vgg16_fraction_of_matmul": {"median": 0.71}, "noop_repro_seconds": {"median": 1.9}})
     assert met == {"pipeline_minutes": True, "peak_memory_gib": False, "loading_speedup": True,
-                   "augmented_epoch_speedup": False, "noop_repro_seconds": True}
+                   "augmentation_step_ratio": False, "augmented_epoch_speedup": False,
+                   "vgg16_fraction_of_matmul": True, "noop_repro_seconds": True}
+
+
+def test_the_epoch_target_gives_way_to_a_low_ceiling():
+    # A ceiling of 1.2x: 90 % of it (1.08x) is what the bench can ask for.
+    assert targets_met({"augmented_epoch_speedup": {"median": 1.1}, "augmented_epoch_speedup_ceiling": {"median": 1.2}}) == {
+        "augmented_epoch_speedup": True}
+    assert targets_met({"augmented_epoch_speedup": {"median": 1.0}, "augmented_epoch_speedup_ceiling": {"median": 1.2}}) == {
+        "augmented_epoch_speedup": False}
