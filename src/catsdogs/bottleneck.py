@@ -6,12 +6,16 @@ nothing but the photos, the weights and the preprocessing.
 
 from __future__ import annotations
 
+import errno
+import shutil
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from catsdogs import models
+from catsdogs.atomic import write_atomically
 from catsdogs.classes import SPLITS
 from catsdogs.config import Params
 from catsdogs.errors import CatsDogsError
@@ -67,11 +71,35 @@ def extract_bottleneck_features(params: Params, *, data_dir: Path, out_dir: Path
         print(f"{split}: {len(images)} photos through VGG16")
         features = extractor.predict(images, batch_size=params.vgg16.feature_batch_size, verbose=1)
         files = np.array([str(p.relative_to(data_dir)) for p in paths])
-        tmp = out_dir / f".{split}.tmp.npz"
-        np.savez(tmp, features=features.astype(np.float32), labels=labels, files=files)
-        tmp.replace(out_dir / f"{split}.npz")
+        features = features.astype(np.float32)
+        path = out_dir / f"{split}.npz"
+        check_free_space(path, features.nbytes + labels.nbytes + files.nbytes)
+        try:
+            write_atomically(path, lambda tmp: np.savez(tmp, features=features, labels=labels, files=files))
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise TransferError(f"{path}: the disk filled up while writing it ({err}); free space, then `dvc repro vgg16_bottleneck`") from err
         shapes[split] = features.shape
     return shapes
+
+
+# Room left beyond the file itself: npz headers, and the rest of the disk's users.
+SPACE_MARGIN_BYTES = 16 * 1024 * 1024
+
+
+def check_free_space(path: Path, nbytes: int) -> None:
+    """Refuses to start writing ``nbytes`` to ``path`` when its disk has not room for them.
+
+    Raises:
+        TransferError: naming the folder, what is needed and what is free.
+    """
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes + SPACE_MARGIN_BYTES:
+        raise TransferError(
+            f"{path}: needs {(nbytes + SPACE_MARGIN_BYTES) / 2**20:.0f} MiB but {path.parent} has "
+            f"{free / 2**20:.0f} MiB free; free some space (e.g. `dvc gc`), then `dvc repro vgg16_bottleneck`"
+        )
 
 
 def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,5 +107,11 @@ def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarra
     path = features_dir / f"{split}.npz"
     if not path.is_file():
         raise TransferError(f"{path} not found: run `dvc repro vgg16_bottleneck` first")
-    with np.load(path) as data:
-        return data["features"], data["labels"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["features"], data["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise TransferError(
+            f"{path} is damaged ({type(err).__name__}: {err}); "
+            "run `dvc checkout data/features` to restore it, or `dvc repro -f vgg16_bottleneck` to recompute it"
+        ) from err

@@ -38,6 +38,7 @@ from catsdogs.config import TRAINING_STAGES
 from catsdogs.errors import CatsDogsError
 from catsdogs.execution import experiment_name
 from catsdogs.inputs import LABELS, load_split_arrays
+from catsdogs.models import load_stage_model_file
 
 THRESHOLD = 0.5  # P(dog) at or above which a photo is called a dog
 PREDICT_BATCH_SIZE = 32
@@ -248,7 +249,7 @@ def load_stage_model(models_dir: Path, stage: str) -> keras.Model:
     path = model_path(models_dir, stage)
     if not path.is_file():
         raise _missing(path, stage)
-    return keras.saving.load_model(path, compile=False)
+    return load_stage_model_file(path, stage)
 
 
 def load_training_summary(metrics_dir: Path, stage: str) -> dict:

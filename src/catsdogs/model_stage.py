@@ -9,8 +9,6 @@ and ``plots/<stage>/history.csv``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,10 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from catsdogs import tracking, training
+from catsdogs import stopping, tracking, training
+from catsdogs.atomic import write_atomically
 from catsdogs.config import Params, TrainParams, flatten
 from catsdogs.inputs import count_images
+from catsdogs.project import project_root
+from catsdogs.resume import EpochCheckpoint, ResumeState, fit_key
 from catsdogs.runtime import distribution_tags
+from catsdogs.stopping import StageStopped
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,7 @@ def stage_params(params: Params, sections: tuple[str, ...], data_dir: Path) -> d
 
 def save_model_atomically(model: keras.Model, path: Path) -> Path:
     """Saves a ``.keras`` file so that a crash never leaves half a model behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, model.save)
 
 
 def example_photo(dataset: tf.data.Dataset) -> np.ndarray:
@@ -118,26 +111,45 @@ def train_and_record(
     """
     deployable = model if deployable is None else deployable
     tags = {**distribution_tags(model.distribute_strategy), **(extra_tags or {})}
-    with tracking.start_run(stage, run_params, manifest=manifest, extra_tags=tags) as run:
+    inputs = {**tags, "manifest": tracking.file_sha256(manifest) if manifest and manifest.is_file() else ""}
+    state = ResumeState(project_root(), stage, fit_key(stage, run_params, inputs))
+    with state, tracking.start_run(stage, run_params, manifest=manifest, extra_tags=tags) as run:
         run.log_model_summary(deployable)
-        result = training.fit(
-            model,
-            train,
-            validation,
-            epochs=settings.epochs,
-            train_images=train_images,
-            batch_size=settings.batch_size,
-            steps_per_epoch=settings.steps_per_epoch,
-            callbacks=[run.callback()],
-        )
-        summary = training.summarize(result)
-        save_model_atomically(deployable, outputs.model)
-        training.write_history(result.history, outputs.history)
-        training.write_metrics(summary, outputs.metrics)
-        run.log_history(result.history)
-        run.log_summary(summary)
-        example = example_photo(validation) if example is None else example
-        version = run.log_model(deployable, example=example)
+        restored = state.restore(model) if state.held else None
+        if restored is not None:
+            print(f"{stage}: resuming after epoch {restored.epochs_done} of {settings.epochs} from {state.path}")
+            run.log_resumed(restored.history, restored.run_id)
+        checkpoint = [EpochCheckpoint(state, restored, run.run_id)] if state.held else []
+        try:
+            result = training.fit(
+                model,
+                train,
+                validation,
+                epochs=settings.epochs,
+                train_images=train_images,
+                batch_size=settings.batch_size,
+                steps_per_epoch=settings.steps_per_epoch,
+                callbacks=[run.callback(), *checkpoint],
+                resumed=restored,
+            )
+        except StageStopped as stop:
+            done = len(checkpoint[0].history) if checkpoint else 0
+            stop.detail = f" after epoch {done} of {settings.epochs}" + (
+                "; `dvc repro` resumes from there" if state.held and done else ""
+            )
+            raise
+        # The outputs and the registered version are written whole or not at
+        # all: a stop signal now waits until they are.
+        with stopping.deferred(stop_after=False):
+            summary = training.summarize(result)
+            save_model_atomically(deployable, outputs.model)
+            training.write_history(result.history, outputs.history)
+            training.write_metrics(summary, outputs.metrics)
+            run.log_history(result.history)
+            run.log_summary(summary)
+            example = example_photo(validation) if example is None else example
+            version = run.log_model(deployable, example=example)
+            state.clear()
     print(
         f"{stage}: best val_accuracy {summary['best_val_accuracy']:.3f} at epoch {summary['best_epoch']}, "
         f"{summary['training_seconds']:.0f} s; registered cats-vs-dogs version {version} as @{stage}"

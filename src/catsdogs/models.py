@@ -10,6 +10,9 @@ before building for reproducible initial weights.
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import keras
 import numpy as np
 
@@ -265,3 +268,28 @@ def vgg16_preprocessing(preprocessing: str) -> keras.layers.Layer:
     raise ModelConfigError(
         f"unknown VGG16 preprocessing {preprocessing!r}; allowed: {', '.join(VGG16_PREPROCESSING)}"
     )
+
+
+class DamagedModelError(CatsDogsError):
+    """A ``.keras`` file is there but cannot be read."""
+
+
+def load_stage_model_file(path: Path, stage: str) -> keras.Model:
+    """Loads a stage's saved ``.keras`` model (uncompiled), or says how to get a good one.
+
+    Args:
+        path: the file, which must exist.
+        stage: the DVC stage that writes it.
+
+    Raises:
+        DamagedModelError: the file is truncated or not a Keras model; the
+            message names it and the commands that restore or rebuild it.
+    """
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        # Keras says "File not found" for a file that is there but is no .keras zip.
+        raise DamagedModelError(
+            f"{path} is damaged or not a Keras model ({type(err).__name__}); run `dvc checkout {path}` "
+            f"to restore it from the DVC cache, or `dvc repro -f {stage}` to train it again"
+        ) from err

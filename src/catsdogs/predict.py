@@ -144,12 +144,28 @@ def _load_registered(alias: str, root: Path) -> tuple[keras.Model, str]:
             f"aliases: {known}. Pass one of them, or a .keras file"
         )
     version = aliases[alias]
-    stage = client.get_model_version(tracking.REGISTERED_MODEL_NAME, version).tags.get("dvc.stage")
-    # Where the version's files are, asked of this client: download_artifacts
-    # resolves a models:/ URI with the default registry, not the one passed.
-    location = client.get_model_version_download_uri(tracking.REGISTERED_MODEL_NAME, version)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri)
-    model = mlflow.keras.load_model(local, load_model_kwargs={"compile": False})
+    if alias == "champion":
+        remedy = "pick a version with `python -m catsdogs.champion show` and `... promote --version N`, or run `dvc repro -f evaluate`"
+    else:
+        remedy = f"run `dvc repro -f {alias}` to train and register it again"
+    try:
+        stage = client.get_model_version(tracking.REGISTERED_MODEL_NAME, version).tags.get("dvc.stage")
+        # Where the version's files are, asked of this client: download_artifacts
+        # resolves a models:/ URI with the default registry, not the one passed.
+        location = client.get_model_version_download_uri(tracking.REGISTERED_MODEL_NAME, version)
+    except mlflow.exceptions.MlflowException as err:
+        raise PredictError(
+            f"model alias {alias!r} points at version {version} of {tracking.REGISTERED_MODEL_NAME}, "
+            f"which no longer exists in {uri}; {remedy}"
+        ) from err
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri)
+        model = mlflow.keras.load_model(local, load_model_kwargs={"compile": False})
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as err:
+        raise PredictError(
+            f"model alias {alias!r} (version {version}): its files at {location} are missing or damaged "
+            f"({type(err).__name__}); {remedy}"
+        ) from err
     described = f"models:/{tracking.REGISTERED_MODEL_NAME}@{alias} (version {version}"
     return model, described + (f", trained by {stage})" if stage and stage != alias else ")")
 

@@ -9,7 +9,9 @@ one row per model), which ``make bench`` adds up.
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,9 @@ from typing import Callable
 
 import psutil
 
+from catsdogs.atomic import write_text_atomically
 from catsdogs.errors import CatsDogsError
+from catsdogs.stopping import StageStopped, stop_handlers, stop_requested
 
 TIMINGS_DIR = Path("metrics/timings")
 
@@ -55,8 +59,7 @@ def record_timing(name: str, path: Path | None = None) -> dict:
         "wall_seconds": round(seconds_since_process_start(), 2),
         "peak_memory_mib": round(peak_memory_mib(), 1),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -64,7 +67,9 @@ def run_stage(name: str, main: Callable[[], None], timings: Path | None = None) 
     """Calls ``main`` then records the stage's cost; a :class:`CatsDogsError`
     exits 1 with its message only.
 
-    Any other exception is a bug and keeps its traceback.
+    SIGINT and SIGTERM stop the stage (see :mod:`catsdogs.stopping`): one
+    line says so and the process exits with ``128 + signal``. Any other
+    exception is a bug and keeps its traceback.
 
     Args:
         name: the DVC stage name.
@@ -73,9 +78,19 @@ def run_stage(name: str, main: Callable[[], None], timings: Path | None = None) 
             (``metrics/timings/<name>.json`` by default).
     """
     try:
-        main()
+        with stop_handlers():
+            main()
+            record = record_timing(name, timings)
     except CatsDogsError as err:
         print(f"\n{name}: error: {err}", file=sys.stderr)
         sys.exit(1)
-    record = record_timing(name, timings)
+    except StageStopped as stop:
+        print(f"\n{name}: stopped by {stop.signal_name}{stop.detail}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Everything is written and the run ended: skip the interpreter's
+        # teardown, which waits about 10 s here for an interrupted tf.data
+        # pipeline's threads.
+        os._exit(stop.exit_code)
     print(f"{name}: {record['wall_seconds']:.0f} s in all, peak memory {record['peak_memory_mib']:.0f} MiB")
+    if (signum := stop_requested()) is not None:
+        print(f"{name}: {signal.Signals(signum).name} came while the outputs were being saved: finished them first")

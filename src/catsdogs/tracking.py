@@ -26,9 +26,12 @@ overrides it, e.g. for a shared tracking server.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import platform
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -109,9 +112,65 @@ def check_tracking_server(uri: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> N
                 f"MLflow tracking server {uri} answered HTTP {response.status_code} at {health}; {hint}"
             )
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir():
-            raise TrackingError(f"MLflow tracking store {uri}: folder {folder} does not exist; {hint}")
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.parent.is_dir():
+            raise TrackingError(f"MLflow tracking store {uri}: folder {database.parent} does not exist; {hint}")
+        check_store_schema(database)
+
+
+def _schema_revision(database: Path) -> str | None:
+    """The alembic revision an MLflow SQLite store was last migrated to; None for a new or empty file."""
+    if not database.is_file() or database.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):
+            return None
+        raise TrackingError(f"MLflow store {database} cannot be read ({err}); move it aside to start a new one") from err
+    except sqlite3.DatabaseError as err:
+        raise TrackingError(
+            f"MLflow store {database} is not an SQLite database ({err}); move it aside "
+            f"(e.g. `mv {database} {database}.broken`) and a new one is created on the next run"
+        ) from err
+    return row[0] if row else None
+
+
+def check_store_schema(database: Path) -> None:
+    """Refuses an MLflow SQLite store that this MLflow cannot use.
+
+    MLflow's own message for a store made by a newer MLflow tells the user to
+    run ``mlflow db upgrade``, which then fails; this says what is wrong.
+
+    Raises:
+        TrackingError: the store's schema is from a newer or an older MLflow.
+    """
+    import mlflow.store
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    revision = _schema_revision(database)
+    if revision is None:
+        return
+    migrations = ScriptDirectory(str(Path(mlflow.store.__file__).parent / "db_migrations"))
+    heads = set(migrations.get_heads())
+    if revision in heads:
+        return
+    try:
+        known = migrations.get_revision(revision) is not None
+    except CommandError:
+        known = False
+    if not known:
+        raise TrackingError(
+            f"MLflow store {database} was written by a newer MLflow than {mlflow.__version__} "
+            f"(schema revision {revision} is unknown to it); open it with that newer MLflow, or move it "
+            f"aside (`mv {database.parent} {database.parent}.newer`) to start a new store here"
+        )
+    raise TrackingError(
+        f"MLflow store {database} has the schema of an older MLflow (revision {revision}); back it up, then run "
+        f"`mlflow db upgrade sqlite:///{database}`"
+    )
 
 
 def git_tags(workdir: Path) -> dict[str, str]:
@@ -225,19 +284,38 @@ def use_experiment(root: Path) -> str:
         (root / STORE_DIR).mkdir(parents=True, exist_ok=True)
     check_tracking_server(uri)
     point_mlflow_at(uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is not None:
-        return experiment.experiment_id
-    # A server decides where its artifacts go; the local store keeps them beside the database.
-    location = (root / STORE_DIR / "artifacts").as_uri() if local else None
-    try:
-        return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
-    except MlflowException as err:
-        # Two queued experiments may race to create it; the loser uses the winner's.
-        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-        return client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+    with sqlite_creation_lock(uri):
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+        if experiment is not None:
+            return experiment.experiment_id
+        # A server decides where its artifacts go; the local store keeps them beside the database.
+        location = (root / STORE_DIR / "artifacts").as_uri() if local else None
+        try:
+            return client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        except MlflowException as err:
+            # Two processes on one server may race to create it; the loser uses the winner's.
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            return client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id
+
+
+@contextmanager
+def sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Lets one process at a time open an SQLite store for the first time.
+
+    MLflow creates a new store's tables on first use without a lock of its
+    own: two stages starting at once on a fresh clone (``dvc queue start -j
+    2``) both try, and one fails with "table ... already exists" (measured
+    with ``python -m catsdogs.store_contention``). Other URIs pass through.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    with open(database.with_name(database.name + ".create-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
@@ -297,6 +375,25 @@ class TrackedRun:
     def callback(self) -> EpochMetricsLogger:
         """Returns the Keras callback logging per-epoch metrics into this run."""
         return EpochMetricsLogger(self.run_id)
+
+    def log_resumed(self, history: list[Mapping[str, float]], from_run: str | None) -> None:
+        """Copies the epochs an interrupted attempt completed into this run, at
+        their steps, so that the run that finishes holds the whole fit; tags
+        the attempt it resumes."""
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for step, row in enumerate(history)
+            for key, value in row.items()
+            if key != "learning_rate"
+        ]
+        client = mlflow.MlflowClient()
+        # log_batch takes at most 1,000 metrics a call.
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        client.set_tag(self.run_id, "resume.from_epoch", str(len(history)))
+        if from_run:
+            client.set_tag(self.run_id, "resume.from_run", from_run)
 
     def log_summary(self, metrics: Mapping[str, float]) -> None:
         """Logs the final summary (the stage's metrics JSON) as run metrics, in one call."""
@@ -376,6 +473,74 @@ class TrackedRun:
         return version
 
 
+def process_tags() -> dict[str, str]:
+    """Which process runs the run: lets a later stage tell a run whose
+    process died (``kill -9``) from one still training."""
+    import psutil
+
+    me = psutil.Process()
+    return {"process.host": platform.node(), "process.pid": str(me.pid), "process.started": f"{me.create_time():.3f}"}
+
+
+def _epochs_logged(client: mlflow.MlflowClient, run_id: str) -> int:
+    return len(client.get_metric_history(run_id, "loss"))
+
+
+def end_unfinished_run(run_id: str, err: BaseException) -> None:
+    """Ends a run whose stage did not finish: KILLED for a stop signal or
+    Ctrl-C, FAILED otherwise, tagged with the reason and the epochs done.
+
+    A second signal meanwhile does not cut this short, and a store that
+    cannot be written to only costs a warning: the original error matters more.
+    """
+    from catsdogs.stopping import StageStopped, deferred
+
+    stopped = isinstance(err, (StageStopped, KeyboardInterrupt))
+    reason = err.signal_name if isinstance(err, StageStopped) else type(err).__name__
+    with deferred(stop_after=False):
+        try:
+            client = mlflow.MlflowClient()
+            client.set_tag(run_id, "stop.reason", reason)
+            client.set_tag(run_id, "stop.epochs_completed", str(_epochs_logged(client, run_id)))
+            mlflow.end_run("KILLED" if stopped else "FAILED")
+        except Exception as store_err:  # noqa: BLE001 - reported, the stage's own error follows
+            print(f"warning: could not mark MLflow run {run_id} ended ({store_err})")
+
+
+def end_vanished_runs(experiment_id: str) -> list[str]:
+    """Ends as KILLED the RUNNING runs started on this machine by a process
+    that is gone, so no run stays RUNNING for ever after a ``kill -9``.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    import psutil
+
+    client = mlflow.MlflowClient()
+    host = platform.node()
+    ended = []
+    running = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'"
+    )
+    for found in running:
+        tags = found.data.tags
+        try:
+            alive = abs(psutil.Process(int(tags["process.pid"])).create_time() - float(tags["process.started"])) < 1
+        except (psutil.NoSuchProcess, KeyError, ValueError):
+            alive = False
+        if alive:
+            continue
+        run_id = found.info.run_id
+        client.set_tag(run_id, "stop.reason", "process vanished (kill -9 or crash)")
+        client.set_tag(run_id, "stop.epochs_completed", str(_epochs_logged(client, run_id)))
+        client.set_terminated(run_id, status="KILLED")
+        if parent_id := tags.get("mlflow.parentRunId"):
+            if client.get_run(parent_id).info.status == "RUNNING":
+                parent_runs.close_parent(client, parent_id, run_id)
+        ended.append(run_id)
+    return ended
+
+
 @contextmanager
 def start_run(
     stage: str,
@@ -400,14 +565,19 @@ def start_run(
             in the UI ("training", "evaluation").
 
     Yields:
-        The run's handle. The run ends FINISHED, or FAILED if the block raises
-        (the exception propagates); the parent run ends with the same status.
+        The run's handle. The run ends FINISHED; KILLED if a stop signal or
+        Ctrl-C ends the block, FAILED on any other exception (which
+        propagates), either with the epochs it completed (see
+        :func:`end_unfinished_run`); the parent run ends with the same
+        status. Runs of this machine left RUNNING by a process that no longer
+        exists (``kill -9``, a crash) are ended first.
 
     Raises:
         TrackingError: the store cannot be reached, or the manifest is missing.
     """
     root = Path(root).resolve() if root is not None else project_root()
     experiment_id = use_experiment(root)
+    end_vanished_runs(experiment_id)
     tags = run_tags(stage, manifest, extra_tags)
     client = mlflow.MlflowClient()
     params_file = Path("params.yaml").resolve()
@@ -419,18 +589,23 @@ def start_run(
         params_sha256=file_sha256(params_file) if params_file.is_file() else "none",
         shared=tags,
     )
-    tags.update(parent_runs.child_tags(parent_id))
+    # Only the stage's own run names its process: the parent outlives it.
+    tags.update({**parent_runs.child_tags(parent_id), **process_tags()})
     run_id = None
     try:
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=True
         ) as active:
             run_id = active.info.run_id
-            batch = [Param(key, str(value)) for key, value in params.items()]
-            client.log_batch(run_id, params=batch)
-            if manifest is not None:
-                log_dataset(manifest, dataset_context)
-            yield TrackedRun(run_id=run_id, stage=stage, parent_run_id=parent_id)
+            try:
+                batch = [Param(key, str(value)) for key, value in params.items()]
+                client.log_batch(run_id, params=batch)
+                if manifest is not None:
+                    log_dataset(manifest, dataset_context)
+                yield TrackedRun(run_id=run_id, stage=stage, parent_run_id=parent_id)
+            except BaseException as err:
+                end_unfinished_run(run_id, err)
+                raise
     finally:
         if run_id is not None:
             parent_runs.close_parent(client, parent_id, run_id)

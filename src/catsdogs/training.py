@@ -17,6 +17,9 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from catsdogs.atomic import write_atomically, write_text_atomically
+from catsdogs.resume import Restored, fast_forward
+
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -72,6 +75,7 @@ def fit(
     steps_per_epoch: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    resumed: Restored | None = None,
 ) -> TrainingResult:
     """Trains ``model`` and returns its per-epoch history.
 
@@ -86,25 +90,40 @@ def fit(
         steps_per_epoch: batches per epoch, or None for one pass over ``train``.
         callbacks: e.g. the tracking callback.
         verbose: Keras progress output (a progress bar per epoch by default).
+        resumed: what an interrupted attempt of the same fit restored into
+            ``model`` (see :mod:`catsdogs.resume`): training goes on after its
+            epochs, and its history and seconds count in the result.
 
     Returns:
-        The history, the wall time of ``fit`` and the training images seen.
+        The history, the wall time of ``fit`` and the training images seen,
+        previous attempts included.
     """
     # Unknown (-2) or infinite (-1) cardinality: leave validation out of the estimate.
     validation_batches = max(int(validation.cardinality()), 0) if isinstance(validation, tf.data.Dataset) else 0
+    steps = steps_per_epoch
+    if steps is None and (batches := int(train.cardinality())) > 0:
+        # One pass per epoch, read through a single iterator for the whole
+        # fit: Keras would make a new iterator (and a new shuffle) each epoch,
+        # and more than one on some epochs, which a resumed fit could not
+        # replay. Repeated, the stream of batches is fixed by the seed alone.
+        train, steps = train.repeat(), batches
+    done = resumed.epochs_done if resumed else 0
+    train = fast_forward(train, done, steps)
     started = time.perf_counter()
     history = model.fit(
         train,
+        initial_epoch=done,
         validation_data=validation,
         epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps,
         # The datasets shuffle themselves; Keras' default (True) only warns on them.
         shuffle=False,
         callbacks=[DurationEstimate(validation_batches, label=model.name), *callbacks],
         verbose=verbose,
     )
-    seconds = time.perf_counter() - started
-    frame = pd.DataFrame({k: history.history[k] for k in HISTORY_COLUMNS[1:]})
+    seconds = time.perf_counter() - started + (resumed.seconds if resumed else 0.0)
+    earlier = resumed.history if resumed else []
+    frame = pd.DataFrame({k: [row[k] for row in earlier] + list(history.history[k]) for k in HISTORY_COLUMNS[1:]})
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     per_epoch = train_images if steps_per_epoch is None else steps_per_epoch * batch_size
     return TrainingResult(history=frame, seconds=seconds, images_seen=per_epoch * len(frame))
@@ -138,9 +157,7 @@ def summarize(result: TrainingResult) -> dict[str, float | int]:
 
 def write_history(history: pd.DataFrame, path: Path) -> Path:
     """Writes the per-epoch history as CSV (a DVC plot)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    history.to_csv(path, index=False, float_format="%.6f")
-    return path
+    return write_atomically(path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6f"))
 
 
 def write_metrics(summary: dict, path: Path) -> Path:
@@ -148,6 +165,4 @@ def write_metrics(summary: dict, path: Path) -> Path:
     if any(isinstance(v, float) and not math.isfinite(v) for v in summary.values()):
         # NaN is not JSON; a diverged run must still leave readable metrics.
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return write_text_atomically(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -136,7 +136,7 @@ def initial_head_weights(source: str, model_paths: dict[str, Path]) -> list[np.n
     path = model_paths[source]
     if not path.is_file():
         raise TransferError(f"fine_tune.initial_head={source}: {path} not found; run `dvc repro {source}` first")
-    trained = keras.saving.load_model(path, compile=False)
+    trained = models.load_stage_model_file(path, source)
     return trained.get_layer("classifier_head").get_weights()
 
 
