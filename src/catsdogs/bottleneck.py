@@ -79,7 +79,9 @@ def extract_bottleneck_features(params: Params, *, data_dir: Path, out_dir: Path
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
-            raise TransferError(f"{path}: the disk filled up while writing it ({err}); free space, then `dvc repro vgg16_bottleneck`") from err
+            raise TransferError(
+                f"{path}: the disk filled up while writing it ({err}); free space, then `dvc repro vgg16_bottleneck`"
+            ) from err
         shapes[split] = features.shape
     return shapes
 

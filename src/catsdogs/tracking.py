@@ -526,6 +526,8 @@ def end_vanished_runs(experiment_id: str) -> list[str]:
         tags = found.data.tags
         try:
             alive = abs(psutil.Process(int(tags["process.pid"])).create_time() - float(tags["process.started"])) < 1
+        except psutil.AccessDenied:
+            alive = True  # another user's process: cannot tell, so leave it
         except (psutil.NoSuchProcess, KeyError, ValueError):
             alive = False
         if alive:

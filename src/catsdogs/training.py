@@ -101,7 +101,7 @@ def fit(
     # Unknown (-2) or infinite (-1) cardinality: leave validation out of the estimate.
     validation_batches = max(int(validation.cardinality()), 0) if isinstance(validation, tf.data.Dataset) else 0
     steps = steps_per_epoch
-    if steps is None and (batches := int(train.cardinality())) > 0:
+    if steps is None and isinstance(train, tf.data.Dataset) and (batches := int(train.cardinality())) > 0:
         # One pass per epoch, read through a single iterator for the whole
         # fit: Keras would make a new iterator (and a new shuffle) each epoch,
         # and more than one on some epochs, which a resumed fit could not
