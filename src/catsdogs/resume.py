@@ -141,7 +141,10 @@ class ResumeState:
             return None
         optimizer = model.optimizer
         if not optimizer.built:
-            optimizer.build(model.trainable_variables)
+            # Inside the strategy's scope, so that under MirroredStrategy the
+            # slots are mirrored like the weights they belong to.
+            with model.distribute_strategy.scope():
+                optimizer.build(model.trainable_variables)
         targets = [(model.variables, model_values), (optimizer.variables, optimizer_values)]
         if any(
             len(variables) != len(values) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values))
