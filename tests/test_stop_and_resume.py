@@ -285,3 +285,43 @@ def test_ctrl_c_during_dvc_repro_then_checkout_is_clean_and_a_rerun_resumes(repo
     assert {k: v for k, v in rerun_metrics.items() if k not in timing} == {k: v for k, v in good_metrics.items() if k not in timing}
     statuses = {r.info.status for r in runs_of(repo_copy, stage)}
     assert "RUNNING" not in statuses
+
+
+def test_sigterm_during_feature_extraction_keeps_finished_splits_whole_and_nothing_half_written(tmp_path):
+    project = tmp_path / "p"
+    project.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        params.setdefault(section, {}).update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_split_folders(project / "data" / "small", {"train": 4, "validation": 200, "test": 4})
+    command = [
+        sys.executable, str(ROOT / "stages" / "vgg16_bottleneck.py"), "--params", "params.yaml",
+        "--data", "data/small", "--out", "data/features",
+    ]
+    log = tmp_path / "bottleneck.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, cwd=project, env={**stage_env(), "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 300
+    while "validation: 400 photos through VGG16" not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    sent = time.monotonic()
+    proc.wait(timeout=60)
+    seconds = time.monotonic() - sent
+    output = log.read_text()
+    print(f"\nvgg16_bottleneck stopped {seconds:.2f} s after SIGTERM")
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert seconds < 20
+    assert output.strip().splitlines()[-1] == "vgg16_bottleneck: stopped by SIGTERM"
+    # The finished split is whole, the one in progress absent, and no temporary file is left.
+    assert sorted(p.name for p in (project / "data" / "features").iterdir()) == ["train.npz"]
+    from catsdogs.bottleneck import load_features
+
+    features, labels = load_features(project / "data" / "features", "train")
+    assert len(features) == len(labels) == 8
+    assert not (project / "metrics").exists()
