@@ -99,7 +99,8 @@ def test_mirrored_on_two_devices_reaches_the_weights_of_one_device(tmp_path, sma
 
     for out, replicas in ((one_dir, "1"), (two_dir, "2")):
         client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns' / 'mlflow.db'}")
-        [run] = client.search_runs([client.get_experiment_by_name("cats-vs-dogs").experiment_id])
+        experiment_id = client.get_experiment_by_name("cats-vs-dogs").experiment_id
+        [run] = client.search_runs([experiment_id], filter_string="tags.`dvc.stage` = 'scratch_cnn'")
         assert run.data.params["base.distribution"] == "mirrored"
         assert run.data.tags["distribution"] == "mirrored"
         assert run.data.tags["distribution.replicas"] == replicas
