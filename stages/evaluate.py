@@ -3,7 +3,8 @@ r"""Scores every trained model on the test photos, compares them and names the c
 Usage (as dvc.yaml runs it)::
 
     python stages/evaluate.py --params params.yaml --data data/small --models models \
-        --metrics-dir metrics/training --out-metrics metrics --reports reports/evaluation
+        --metrics-dir metrics/training --out-metrics metrics --reports reports/evaluation \
+        --out-statistics metrics/statistics.json --features data/features
 
 ``--stages scratch_cnn,fine_tune`` compares only those models (all six by
 default). Outside ``dvc exp run`` the alias ``champion`` of ``cats-vs-dogs``
@@ -30,6 +31,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--reports", type=Path, required=True, help="the reports folder to write")
     parser.add_argument(
+        "--features", type=Path, default=None,
+        help="vgg16_bottleneck's output: the VGG16 models are scored from it instead of running their frozen layers again",
+    )
+    parser.add_argument(
+        "--out-statistics", type=Path, default=None,
+        help="where the intervals, calibration and paired tests go as metrics JSON (not written by default)",
+    )
+    parser.add_argument(
         "--stages",
         type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
         default=list(TRAINING_STAGES),
@@ -51,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         out_metrics_dir=args.out_metrics,
         reports_dir=args.reports,
         batch_size=args.batch_size,
+        settings=params.evaluate,
+        seed=params.base.seed,
+        out_statistics=args.out_statistics,
+        features_dir=args.features,
     )
 
 

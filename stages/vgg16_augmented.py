@@ -1,10 +1,15 @@
 """Trains a dense head on augmented photos through the frozen ImageNet VGG16.
 
+Each epoch's validation runs the head only, on the validation photos'
+bottleneck features (``--features``): the frozen base would give the same.
+
 Usage (as dvc.yaml runs it)::
 
-    python stages/vgg16_augmented.py --params params.yaml --data data/small \
+    python stages/vgg16_augmented.py --params params.yaml --data data/small --features data/features \
         --model models/vgg16_augmented.keras --metrics metrics/training/vgg16_augmented.json --plots plots/vgg16_augmented
 """
+
+from pathlib import Path
 
 from catsdogs.config import load_params
 from catsdogs.model_stage import model_stage_arguments
@@ -13,8 +18,8 @@ from catsdogs.transfer_stages import train_vgg16_augmented
 
 
 def main() -> None:
-    args = model_stage_arguments(__doc__)
-    train_vgg16_augmented(load_params(args.params), data_dir=args.data, outputs=args.outputs)
+    args = model_stage_arguments(__doc__, extra=[("--features", Path, "the bottleneck features folder")])
+    train_vgg16_augmented(load_params(args.params), data_dir=args.data, outputs=args.outputs, features_dir=args.features)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from catsdogs.errors import CatsDogsError
 from catsdogs.evaluation import HEADLINE_KEYS
 from catsdogs.inputs import make_dataset
 from catsdogs.model_stage import StageOutputs, train_and_record
+from catsdogs.statistics import wilson_interval
 from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 
 from conftest import write_split_folders
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow  # trains two models and runs the stage twice
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 48  # the regularized network needs at least 46 pixels
 STAGES = ("scratch_cnn", "regularized_cnn")
-PARAMS_YAML = f"base:\n  seed: 3\n  image_size: {SIZE}\n"
+PARAMS_YAML = f"base:\n  seed: 3\n  image_size: {SIZE}\nevaluate:\n  bootstrap_resamples: 200\n  temperature_scaling: true\n"
 
 
 def load_script():
@@ -66,6 +67,7 @@ def stage_argv() -> list[str]:
     return [
         "--params", "params.yaml", "--data", "data/small", "--models", "models", "--metrics-dir", "metrics/training",
         "--out-metrics", "metrics", "--reports", "reports", "--stages", ",".join(STAGES),
+        "--out-statistics", "metrics/statistics.json",
     ]
 
 
@@ -169,7 +171,7 @@ def test_dvc_plot_files_hold_roc_points_and_per_photo_predictions(evaluated):
 
 def test_figures_are_real_pngs(evaluated):
     figures = evaluated["project"] / "reports" / "figures"
-    assert sorted(p.name for p in figures.iterdir()) == ["misclassified.png", "roc.png", "test_accuracy.png"]
+    assert sorted(p.name for p in figures.iterdir()) == ["misclassified.png", "reliability.png", "roc.png", "test_accuracy.png"]
     for png in figures.iterdir():
         with Image.open(png) as image:
             assert image.format == "PNG"
@@ -216,6 +218,34 @@ def test_each_model_run_gets_its_test_metrics(evaluated):
         assert metrics["test_roc_auc"] == pytest.approx(results[stage]["test_roc_auc"])
         assert metrics["test_ms_per_image"] == pytest.approx(results[stage]["ms_per_image"])
         assert {"test_precision", "test_recall", "best_val_accuracy"} <= set(metrics)
+
+
+def test_statistics_reach_the_metrics_the_reports_and_the_runs(evaluated):
+    project, client = evaluated["project"], evaluated["client"]
+    stats = json.loads((project / "metrics" / "statistics.json").read_text())["test_split"]
+    labels = [0] * 6 + [1] * 6
+    for stage in STAGES:
+        predicted = pd.read_csv(project / "reports" / "plots" / "predictions" / f"{stage}.csv")["predicted"].eq("dog").astype(int)
+        right = int((predicted.to_numpy() == labels).sum())
+        low, high = wilson_interval(right, 12)
+        assert stats[stage]["test_accuracy"] == pytest.approx(right / 12, abs=1e-6)
+        assert (stats[stage]["test_accuracy_low"], stats[stage]["test_accuracy_high"]) == pytest.approx((low, high), abs=1e-6)
+        assert 0 <= stats[stage]["test_ece"] <= 1 and stats[stage]["temperature"] > 0
+        metrics = client.get_run(client.get_model_version_by_alias(REGISTERED_MODEL_NAME, stage).run_id).data.metrics
+        assert metrics["test_accuracy_low"] == pytest.approx(low, abs=1e-6)
+        assert metrics["temperature"] == pytest.approx(stats[stage]["temperature"], abs=1e-6)  # logged with the model
+    step = stats["steps"]["scratch_cnn->regularized_cnn"]
+    assert step["difference"] == pytest.approx(stats["regularized_cnn"]["test_accuracy"] - stats["scratch_cnn"]["test_accuracy"], abs=1e-6)
+    story = pd.read_csv(project / "reports" / "story.csv")
+    assert story[["before", "after"]].values.tolist() == [["scratch_cnn", "regularized_cnn"]]
+    assert story["mcnemar_p"].iloc[0] == pytest.approx(step["mcnemar_p"], abs=1e-6)
+    markdown = (project / "reports" / "comparison.md").read_text()
+    assert "## How sure: the test split, 12 photos" in markdown
+    assert "regularization helps a small CNN" in markdown and step["verdict"] in markdown
+    table = pd.read_csv(project / "reports" / "comparison.csv")
+    assert table["test_accuracy_low"].tolist() == pytest.approx([stats[s]["test_accuracy_low"] for s in STAGES], abs=1e-5)
+    run = evaluate_runs(client)[-1]
+    assert run.data.metrics["story.scratch_cnn.regularized_cnn.mcnemar_p"] == pytest.approx(step["mcnemar_p"], abs=1e-6)
 
 
 def test_champion_moves_only_outside_an_experiment(evaluated):

@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs.bottleneck import extract_bottleneck_features, feature_extractor, load_features, vgg16_base
+from catsdogs.bottleneck import (
+    extract_bottleneck_features,
+    feature_extractor,
+    load_features,
+    load_frozen_outputs,
+    vgg16_base,
+)
 from catsdogs.config import parse_params
 from catsdogs.model_stage import StageOutputs
 from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
@@ -73,6 +79,10 @@ def test_vgg16_stages_end_to_end(tmp_path, small_dataset, params, monkeypatch):
     assert shapes == {"train": (24, 2, 2, 512), "validation": (12, 2, 2, 512), "test": (12, 2, 2, 512)}
     features, labels = load_features(tmp_path / "features", "train")
     assert features.dtype == np.float32 and labels.tolist() == [0.0] * 12 + [1.0] * 12
+    # fine_tune trains blocks 4-5: the validation and test photos' block3_pool outputs are kept, not the training ones'.
+    assert sorted(p.name for p in (tmp_path / "features" / "frozen").iterdir()) == ["test.npz", "validation.npz"]
+    block3 = load_frozen_outputs(tmp_path / "features", "validation", "block3_pool")
+    assert block3.inputs.shape == (12, 8, 8, 256)
 
     results = {
         "vgg16_features": train_vgg16_features(
@@ -80,13 +90,14 @@ def test_vgg16_stages_end_to_end(tmp_path, small_dataset, params, monkeypatch):
             outputs=outputs_in(tmp_path, "vgg16_features"),
         ),
         "vgg16_augmented": train_vgg16_augmented(
-            params, data_dir=small_dataset, outputs=outputs_in(tmp_path, "vgg16_augmented")
+            params, data_dir=small_dataset, outputs=outputs_in(tmp_path, "vgg16_augmented"),
+            features_dir=tmp_path / "features",
         ),
     }
     results["fine_tune"] = fine_tune(
         params, data_dir=small_dataset,
         model_paths={s: tmp_path / "models" / f"{s}.keras" for s in ("vgg16_features", "vgg16_augmented")},
-        outputs=outputs_in(tmp_path, "fine_tune"),
+        outputs=outputs_in(tmp_path, "fine_tune"), features_dir=tmp_path / "features",
     )
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")

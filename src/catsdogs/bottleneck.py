@@ -2,6 +2,15 @@
 
 Kept apart from the training stages so that the costly extraction depends on
 nothing but the photos, the weights and the preprocessing.
+
+Within one pipeline run a photo goes through the frozen VGG16 layers once,
+here. ``<out>/<split>.npz`` holds the base's output of every photo: the
+dense head of ``vgg16_features`` trains on it, and the validation and test
+scoring of the two models whose base stays frozen (``vgg16_features``,
+``vgg16_augmented``) runs their head only on it. ``<out>/frozen/<split>.npz``
+holds, for the validation and test photos, the output of the last layer
+``fine_tune`` keeps frozen (``block3_pool`` when it trains blocks 4-5), so
+its validation and test scoring run the trained blocks and the head only.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import errno
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -23,6 +33,7 @@ from catsdogs.inputs import load_split_arrays
 from catsdogs.project import in_project
 from catsdogs.runtime import configure_runtime
 from catsdogs.vgg16_weights import ResolvedWeights, build_vgg16_base, resolve_vgg16_weights
+
 
 class TransferError(CatsDogsError):
     """A transfer-learning input is missing or does not fit."""
@@ -43,45 +54,122 @@ def vgg16_base(params: Params) -> tuple[keras.Model, ResolvedWeights]:
     return base, resolved
 
 
-def feature_extractor(base: keras.Model, params: Params) -> keras.Model:
-    """Raw photos -> preprocessing -> frozen base: what the bottleneck features are."""
+def feature_extractor(base: keras.Model, params: Params, frozen_layer: str | None = None) -> keras.Model:
+    """Raw photos -> preprocessing -> frozen base: what the bottleneck features are.
+
+    With ``frozen_layer``, the model has two outputs: that layer's output,
+    then the base's.
+    """
     size = params.base.image_size
     inputs = keras.Input(shape=(size, size, 3), name="pixels")
     x = models.vgg16_preprocessing(params.vgg16.preprocessing)(inputs)
-    return keras.Model(inputs, base(x, training=False), name="vgg16_features")
+    if frozen_layer is None:
+        return keras.Model(inputs, base(x, training=False), name="vgg16_features")
+    names = [layer.name for layer in base.layers]
+    cut = names.index(frozen_layer)
+    for layer in base.layers[1 : cut + 1]:
+        x = layer(x)
+    middle = x
+    for layer in base.layers[cut + 1 :]:
+        x = layer(x)
+    return keras.Model(inputs, [middle, x], name="vgg16_features_and_frozen")
+
+
+def last_frozen_layer(base: keras.Model, first_trainable: str) -> str | None:
+    """The layer of ``base`` just before ``first_trainable``: the last one fine-tuning leaves alone.
+
+    None when ``first_trainable`` is the first layer (nothing stays frozen).
+    """
+    names = [layer.name for layer in base.layers]
+    if first_trainable not in names:
+        raise TransferError(f"fine_tune.trainable_from: VGG16 has no layer {first_trainable!r}")
+    index = names.index(first_trainable)
+    return names[index - 1] if index > 1 else None
+
+
+def top_from(model: keras.Model, layer: str | None) -> keras.Model:
+    """The part of a saved VGG16 classifier after ``layer`` of its base, sharing its weights.
+
+    Args:
+        model: from :func:`catsdogs.models.build_vgg16_classifier`, taking raw photos.
+        layer: a layer of its base; None for the head alone (the input is
+            the base's output, the bottleneck features).
+
+    Returns:
+        A model from that layer's output to P(dog); it gives the same
+        probabilities as ``model`` does on the photos whose outputs it is fed.
+    """
+    head = model.get_layer("classifier_head")
+    if layer is None:
+        return head
+    base = next(l for l in model.layers if isinstance(l, keras.Model) and l.name != "classifier_head")
+    names = [l.name for l in base.layers]
+    if layer not in names:
+        raise TransferError(f"the model's VGG16 base has no layer {layer!r}")
+    cut = names.index(layer)
+    inputs = keras.Input(shape=base.layers[cut].output.shape[1:], name=f"{layer}_output")
+    x = inputs
+    for l in base.layers[cut + 1 :]:
+        x = l(x)
+    return keras.Model(inputs, head(x), name=f"top_after_{layer}")
+
+
+# Splits whose photos are only ever scored, never trained on: their frozen
+# outputs are kept for fine_tune (training photos are augmented afresh each step).
+SCORED_SPLITS = ("validation", "test")
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Writes arrays as one .npz, whole or not at all, after checking the disk has room."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path, sum(a.nbytes for a in arrays.values()))
+    try:
+        write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise TransferError(
+            f"{path}: the disk filled up while writing it ({err}); free space, then `dvc repro vgg16_bottleneck`"
+        ) from err
 
 
 def extract_bottleneck_features(params: Params, *, data_dir: Path, out_dir: Path) -> dict[str, tuple[int, ...]]:
     """Runs every photo of the three splits through the frozen base once.
 
     Writes ``<out_dir>/<split>.npz`` with ``features`` (n, h, w, 512) float32,
-    ``labels`` (n,) and ``files`` (names relative to ``data_dir``).
+    ``labels`` (n,) and ``files`` (names relative to ``data_dir``); and for
+    the validation and test splits ``<out_dir>/frozen/<split>.npz`` with
+    ``outputs`` of the last layer ``fine_tune.trainable_from`` leaves frozen,
+    its name as ``layer``, ``labels`` and ``files`` (none when nothing stays
+    frozen).
 
     Returns:
         The features' shape per split.
     """
     configure_runtime(params.base.precision)
     base, resolved = vgg16_base(params)
-    extractor = feature_extractor(base, params)
+    frozen = last_frozen_layer(base, params.fine_tune.trainable_from)
+    extractors = {False: feature_extractor(base, params), True: feature_extractor(base, params, frozen) if frozen else None}
     print(f"VGG16 ImageNet weights: {resolved.source} ({resolved.path})")
     out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / "frozen"
+    if stale.exists():
+        for old in stale.glob("*.npz"):
+            old.unlink()
     shapes = {}
     for split in SPLITS:
         images, labels, paths = load_split_arrays(data_dir / split, image_size=params.base.image_size)
         print(f"{split}: {len(images)} photos through VGG16")
-        features = extractor.predict(images, batch_size=params.vgg16.feature_batch_size, verbose=1)
         files = np.array([str(p.relative_to(data_dir)) for p in paths])
-        features = features.astype(np.float32)
-        path = out_dir / f"{split}.npz"
-        check_free_space(path, features.nbytes + labels.nbytes + files.nbytes)
-        try:
-            write_atomically(path, lambda tmp: np.savez(tmp, features=features, labels=labels, files=files))
-        except OSError as err:
-            if err.errno != errno.ENOSPC:
-                raise
-            raise TransferError(
-                f"{path}: the disk filled up while writing it ({err}); free space, then `dvc repro vgg16_bottleneck`"
-            ) from err
+        keep_frozen = frozen is not None and split in SCORED_SPLITS
+        outputs = extractors[keep_frozen].predict(images, batch_size=params.vgg16.feature_batch_size, verbose=1)
+        if keep_frozen:
+            middle, features = outputs
+            _save_npz(out_dir / "frozen" / f"{split}.npz", outputs=middle.astype(np.float32), layer=np.array(frozen),
+                      labels=labels, files=files)
+        else:
+            features = outputs
+        _save_npz(out_dir / f"{split}.npz", features=features.astype(np.float32), labels=labels, files=files)
         shapes[split] = features.shape
     return shapes
 
@@ -104,16 +192,57 @@ def check_free_space(path: Path, nbytes: int) -> None:
         )
 
 
-def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads one split's bottleneck features and labels."""
-    path = features_dir / f"{split}.npz"
+def _read(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise TransferError(f"{path} not found: run `dvc repro vgg16_bottleneck` first")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return data["features"], data["labels"]
+            return {key: data[key] for key in data.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise TransferError(
             f"{path} is damaged ({type(err).__name__}: {err}); "
             "run `dvc checkout data/features` to restore it, or `dvc repro -f vgg16_bottleneck` to recompute it"
         ) from err
+def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one split's bottleneck features and labels."""
+    data = _read(Path(features_dir) / f"{split}.npz")
+    return data["features"], data["labels"]
+
+
+@dataclass(frozen=True)
+class FrozenOutputs:
+    """What the frozen VGG16 layers made of one split's photos, for a model's top to score."""
+
+    inputs: np.ndarray
+    labels: np.ndarray
+    files: np.ndarray  # relative to the small dataset, in its sorted order
+    layer: str | None  # None: the base's output (bottleneck features)
+
+
+def saved_frozen_layer(features_dir: Path) -> str | None:
+    """The layer whose outputs vgg16_bottleneck kept for fine_tune, or None if it kept none."""
+    path = Path(features_dir) / "frozen" / "test.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return str(data["layer"])
+
+
+def load_frozen_outputs(features_dir: Path, split: str, layer: str | None) -> FrozenOutputs:
+    """One split's saved outputs of ``layer`` (None: the bottleneck features).
+
+    Raises:
+        TransferError: the file is missing, or holds another layer's outputs
+            (vgg16_bottleneck ran with another ``fine_tune.trainable_from``).
+    """
+    if layer is None:
+        data = _read(Path(features_dir) / f"{split}.npz")
+        return FrozenOutputs(data["features"], data["labels"], data["files"], None)
+    path = Path(features_dir) / "frozen" / f"{split}.npz"
+    data = _read(path)
+    if str(data["layer"]) != layer:
+        raise TransferError(
+            f"{path} holds the outputs of {data['layer']}, not of {layer}: fine_tune.trainable_from changed "
+            "since vgg16_bottleneck ran; run `dvc repro vgg16_bottleneck`"
+        )
+    return FrozenOutputs(data["outputs"], data["labels"], data["files"], layer)

@@ -18,6 +18,7 @@ import yaml
 from catsdogs.errors import CatsDogsError
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+KEEP = ("last", "best_val_loss", "best_val_accuracy")
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 VGG16_PREPROCESSING = ("rescale", "imagenet")
 # Keras dtype policies; auto is mixed_float16 on a GPU, float32 on the CPU.
@@ -85,6 +86,7 @@ class TrainParams:
     optimizer: str = "rmsprop"
     learning_rate: float = 1e-3
     steps_per_epoch: int | None = None
+    keep: str = "last"  # which epoch's weights are saved: last, best_val_loss or best_val_accuracy
 
 
 VGG16_LAYERS = (
@@ -112,6 +114,15 @@ class FineTuneParams(TrainParams):
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    """The evaluate stage's statistics and extra test photos."""
+
+    bootstrap_resamples: int = 1000
+    temperature_scaling: bool = False
+    extra_test_photos: int = 0
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseParams = field(default_factory=BaseParams)
     download: DownloadParams = field(default_factory=DownloadParams)
@@ -124,6 +135,7 @@ class Params:
     vgg16_features: TrainParams = field(default_factory=TrainParams)
     vgg16_augmented: TrainParams = field(default_factory=TrainParams)
     fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
 TRAINING_STAGES = (
@@ -253,12 +265,17 @@ def _validate(params: Params) -> None:
         raise _fail("fine_tune.trainable_from", f"unknown layer {tune.trainable_from!r}; allowed: {', '.join(VGG16_LAYERS)}")
     if tune.initial_head not in HEAD_SOURCES:
         raise _fail("fine_tune.initial_head", f"unknown value {tune.initial_head!r}; allowed: {', '.join(HEAD_SOURCES)}")
+    _positive("evaluate.bootstrap_resamples", params.evaluate.bootstrap_resamples)
+    if params.evaluate.extra_test_photos < 0:
+        raise _fail("evaluate.extra_test_photos", f"must be 0 (off) or more (got {params.evaluate.extra_test_photos!r})")
     for stage in TRAINING_STAGES:
         train = getattr(params, stage)
         _positive(f"{stage}.epochs", train.epochs)
         _positive(f"{stage}.batch_size", train.batch_size)
         _positive(f"{stage}.learning_rate", train.learning_rate)
         _positive(f"{stage}.steps_per_epoch", train.steps_per_epoch, allow_none=True)
+        if train.keep not in KEEP:
+            raise _fail(f"{stage}.keep", f"unknown value {train.keep!r}; allowed: {', '.join(KEEP)}")
         if train.optimizer not in OPTIMIZERS:
             raise _fail(
                 f"{stage}.optimizer",

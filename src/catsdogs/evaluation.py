@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from catsdogs import champion, reports, tracking
-from catsdogs.config import TRAINING_STAGES
+from catsdogs import champion, reports, statistics, tracking
+from catsdogs.bottleneck import FrozenOutputs, load_frozen_outputs, saved_frozen_layer, top_from
+from catsdogs.config import TRAINING_STAGES, EvaluateParams
 from catsdogs.errors import CatsDogsError
 from catsdogs.execution import experiment_name
 from catsdogs.inputs import LABELS, load_split_arrays
@@ -47,6 +48,13 @@ HEADLINE_KEYS = (
     "test_accuracy", "test_f1", "test_roc_auc", "best_val_accuracy", "epochs", "training_seconds",
     "ms_per_image", "champion",
 )
+# Photos each shortcut-scored model also predicts end to end: its timing and its check.
+TIMED_PHOTOS = 64
+SHORTCUT_TOLERANCE = 1e-4
+# The models whose base stays frozen, scored on the bottleneck features; and
+# the one whose first blocks stay frozen, scored on those blocks' outputs.
+HEAD_ONLY = ("vgg16_features", "vgg16_augmented")
+FROZEN_PREFIX = ("fine_tune",)
 # What each model's own MLflow run gets, beside its validation metrics.
 RUN_METRIC_KEYS = ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_ms_per_image")
 
@@ -185,8 +193,39 @@ def timed_predictions(model: keras.Model, images: np.ndarray, batch_size: int = 
     return np.asarray(p_dog, dtype=np.float64).reshape(-1), 1000.0 * seconds / len(images)
 
 
+def shortcut_predictions(
+    stage: str, model: keras.Model, saved: FrozenOutputs, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE
+) -> tuple[np.ndarray, float]:
+    """P(dog) of every photo from what the model's frozen layers already made, checked and timed end to end.
+
+    The model's top (the layers after ``saved.layer``) runs on the saved
+    outputs. The first :data:`TIMED_PHOTOS` photos also go through the whole
+    saved model: that times it as it is deployed, and proves the shortcut
+    gives its probabilities.
+
+    Raises:
+        EvaluationError: the two disagree by more than :data:`SHORTCUT_TOLERANCE`
+            (the saved outputs are not this model's frozen layers' work).
+    """
+    p_dog = np.asarray(top_from(model, saved.layer).predict(saved.inputs, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
+    sample = images[:TIMED_PHOTOS]
+    p_sample, ms = timed_predictions(model, sample, batch_size)
+    gap = float(np.max(np.abs(p_sample - p_dog[: len(sample)])))
+    if gap > SHORTCUT_TOLERANCE:
+        raise EvaluationError(
+            f"{stage}: scoring on the saved outputs of {saved.layer or 'the VGG16 base'} differs from the saved model "
+            f"by {gap:.2g} in P(dog): they are not this model's frozen layers' work; run `dvc repro vgg16_bottleneck {stage}`"
+        )
+    return p_dog, ms
+
+
 def evaluate_model(
-    stage: str, model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE
+    stage: str,
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    saved: FrozenOutputs | None = None,
 ) -> ModelEvaluation:
     """Scores one model on the test photos.
 
@@ -196,6 +235,8 @@ def evaluate_model(
         images: the test photos, float32 (n, size, size, 3).
         labels: their labels, 0 cat, 1 dog.
         batch_size: photos per predict batch.
+        saved: what the model's frozen VGG16 layers made of the same photos;
+            then only the layers after them run (see :func:`shortcut_predictions`).
 
     Returns:
         The model's predictions, scores, size and speed.
@@ -203,7 +244,10 @@ def evaluate_model(
     Raises:
         EvaluationError: the model predicts NaN (its training diverged).
     """
-    p_dog, ms = timed_predictions(model, images, batch_size)
+    if saved is None:
+        p_dog, ms = timed_predictions(model, images, batch_size)
+    else:
+        p_dog, ms = shortcut_predictions(stage, model, saved, images, batch_size)
     if not np.isfinite(p_dog).all():
         raise EvaluationError(
             f"the {stage} model predicts NaN for {int((~np.isfinite(p_dog)).sum())} test photos: its training "
@@ -323,34 +367,78 @@ class EvaluationOutcome:
     run_id: str
 
 
+def saved_outputs(stage: str, features_dir: Path | None, split: str, data_dir: Path, paths: Sequence[Path]) -> FrozenOutputs | None:
+    """What vgg16_bottleneck saved of ``split`` for ``stage``'s frozen layers, or None to score it end to end.
+
+    Raises:
+        EvaluationError: the saved photos are not the split's photos.
+    """
+    if features_dir is None or stage not in (*HEAD_ONLY, *FROZEN_PREFIX):
+        return None
+    layer = None if stage in HEAD_ONLY else saved_frozen_layer(features_dir)
+    if stage in FROZEN_PREFIX and layer is None:
+        return None  # fine_tune trains every layer: nothing frozen to reuse
+    saved = load_frozen_outputs(features_dir, split, layer)
+    expected = [str(Path(p).relative_to(data_dir)) for p in paths]
+    if saved.files.tolist() != expected:
+        raise EvaluationError(
+            f"the bottleneck features in {features_dir} were made from other {split} photos than {Path(data_dir) / split}; "
+            "run `dvc repro vgg16_bottleneck`"
+        )
+    return saved
+
+
 def score_models(
-    stages: Sequence[str], models_dir: Path, test_dir: Path, image_size: int, batch_size: int = PREDICT_BATCH_SIZE
-) -> tuple[list[ModelEvaluation], np.ndarray, list[Path]]:
+    stages: Sequence[str],
+    models_dir: Path,
+    data_dir: Path,
+    image_size: int,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    *,
+    with_validation: bool = False,
+    features_dir: Path | None = None,
+) -> tuple[list[ModelEvaluation], np.ndarray, list[Path], tuple[np.ndarray, dict[str, np.ndarray]] | None]:
     """Scores each stage's saved model on the test photos, one model in memory at a time.
 
     Args:
         stages: the model stages.
         models_dir: holds ``<stage>.keras``.
-        test_dir: the test split, ``cat/`` and ``dog/`` photos.
+        data_dir: the small dataset; its ``test/`` photos are scored.
         image_size: the models' input side.
         batch_size: photos per predict batch.
+        with_validation: also predict the ``validation/`` photos (to fit a
+            temperature on them).
+        features_dir: vgg16_bottleneck's output: the VGG16 models are then
+            scored from what their frozen layers made there
+            (:func:`shortcut_predictions`).
 
     Returns:
-        The evaluations in ``stages`` order, the test labels and the photo paths.
+        The evaluations in ``stages`` order, the test labels, the photo
+        paths, and the validation labels with each model's P(dog) on them
+        (None unless ``with_validation``).
 
     Raises:
         EvaluationError: a model file is missing.
         catsdogs.inputs.InputDataError: the test split is missing or empty.
     """
-    images, labels, paths = load_split_arrays(Path(test_dir), image_size=image_size)
-    evaluations = []
+    data_dir = Path(data_dir)
+    images, labels, paths = load_split_arrays(data_dir / "test", image_size=image_size)
+    val_images, val_labels, val_paths = (
+        load_split_arrays(data_dir / "validation", image_size=image_size) if with_validation else (None, None, None)
+    )
+    evaluations, val_p = [], {}
     for stage in stages:
         model = load_stage_model(models_dir, stage)
-        evaluations.append(evaluate_model(stage, model, images, labels, batch_size))
+        saved = saved_outputs(stage, features_dir, "test", data_dir, paths)
+        evaluations.append(evaluate_model(stage, model, images, labels, batch_size, saved=saved))
+        if val_images is not None:
+            val_saved = saved_outputs(stage, features_dir, "validation", data_dir, val_paths)
+            scorer, inputs = (model, val_images) if val_saved is None else (top_from(model, val_saved.layer), val_saved.inputs)
+            val_p[stage] = np.asarray(scorer.predict(inputs, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
         print(f"evaluate: {stage}: test accuracy {evaluations[-1].scores.accuracy:.3f}")
         del model
         keras.backend.clear_session()
-    return evaluations, labels, paths
+    return evaluations, labels, paths, ((val_labels, val_p) if with_validation else None)
 
 
 def run_evaluation(
@@ -364,6 +452,10 @@ def run_evaluation(
     reports_dir: Path,
     batch_size: int = PREDICT_BATCH_SIZE,
     root: Path | None = None,
+    settings: EvaluateParams = EvaluateParams(),
+    seed: int = 42,
+    out_statistics: Path | None = None,
+    features_dir: Path | None = None,
 ) -> EvaluationOutcome:
     """Runs the evaluate stage: scores, reports, MLflow and the champion alias.
 
@@ -384,6 +476,13 @@ def run_evaluation(
         batch_size: photos per predict batch.
         root: the project root whose MLflow store is used; found from the
             current directory by default.
+        settings: the ``evaluate`` params (bootstrap resamples, temperature scaling).
+        seed: seeds the bootstrap (``base.seed``).
+        out_statistics: where the intervals, calibration and paired tests go
+            as metrics JSON; not written when None.
+        features_dir: vgg16_bottleneck's output; the VGG16 models' frozen
+            layers are then not run again over the test photos (but for
+            :data:`TIMED_PHOTOS` of them).
 
     Returns:
         The evaluations, the comparison table, the champion choice, whether
@@ -404,7 +503,14 @@ def run_evaluation(
     root = Path(root).resolve() if root is not None else tracking.project_root()
     tracking.use_experiment(root)  # fail on an unreachable store before minutes of predictions
 
-    evaluations, labels, paths = score_models(stages, models_dir, Path(data_dir) / "test", image_size, batch_size)
+    evaluations, labels, paths, validation = score_models(
+        stages, models_dir, Path(data_dir), image_size, batch_size, with_validation=settings.temperature_scaling,
+        features_dir=features_dir,
+    )
+    uncertainty = statistics.assess(
+        "test split", labels, {e.stage: e.p_dog for e in evaluations},
+        resamples=settings.bootstrap_resamples, seed=seed, validation=validation, threshold=THRESHOLD,
+    )
 
     registered = tracking.registered_versions()
     versions = {
@@ -429,10 +535,11 @@ def run_evaluation(
         n_train,
         versions={s: (v.version if v else None) for s, v in versions.items()},
         champion=choice.winner.stage,
+        uncertainty=uncertainty,
     )
     reports.write_reports(
         reports_dir, table=table, evaluations=evaluations, labels=labels, photo_paths=paths,
-        choice=choice, champion_note=note,
+        choice=choice, champion_note=note, uncertainty=[uncertainty],
     )
     headline_files = [
         write_json_atomically(
@@ -440,20 +547,38 @@ def run_evaluation(
         )
         for e in evaluations
     ]
+    metric_files = list(headline_files)
+    if out_statistics is not None:
+        metric_files.append(write_json_atomically({"test_split": uncertainty.summary()}, out_statistics))
 
     run_params = {
         "evaluate.stages": ",".join(stages),
         "evaluate.batch_size": batch_size,
         "evaluate.threshold": THRESHOLD,
+        "evaluate.bootstrap_resamples": settings.bootstrap_resamples,
+        "evaluate.temperature_scaling": settings.temperature_scaling,
+        "base.seed": seed,
         "base.image_size": image_size,
         **{f"split.test.{label}": int((labels == i).sum()) for i, label in enumerate(LABELS)},
     }
+    files = {"reports": [reports_dir], "metrics": metric_files}
     run_id = record_in_mlflow(
         evaluations, versions, choice, promote,
-        run_params=run_params, manifest=manifest, files={"reports": [reports_dir], "metrics": headline_files}, root=root,
+        run_params=run_params, manifest=manifest, files=files, root=root, uncertainty=uncertainty,
     )
     print(f"evaluate: champion {choice.winner.stage}, with {choice.reason}. {note}")
     return EvaluationOutcome(tuple(evaluations), table, choice, promote, run_id)
+
+
+def uncertainty_metrics(uncertainty: statistics.Uncertainty | None) -> dict[str, dict[str, float]]:
+    """Per model, the numeric statistics its MLflow run gets (``test_accuracy_low``, ..., ``temperature``)."""
+    if uncertainty is None:
+        return {}
+    summary = uncertainty.summary()
+    return {
+        m.model: {k: float(v) for k, v in summary[m.model].items() if k not in ("test_n", "test_accuracy", "test_roc_auc")}
+        for m in uncertainty.models
+    }
 
 
 def record_in_mlflow(
@@ -466,6 +591,7 @@ def record_in_mlflow(
     manifest: Path,
     files: Mapping[str, Sequence[Path]],
     root: Path,
+    uncertainty: statistics.Uncertainty | None = None,
 ) -> str:
     """Logs the ``evaluate`` run, adds test metrics to each model's run and to the
     pipeline's parent run, moves the alias.
@@ -479,6 +605,9 @@ def record_in_mlflow(
         manifest: the dataset manifest, whose digest tags the run.
         files: artifact folder -> local files or folders to log there.
         root: the project root.
+        uncertainty: the test split's statistics: the evaluate run gets all
+            of them, each model's run its own intervals, calibration and
+            fitted temperature.
 
     Returns:
         The ``evaluate`` run's id.
@@ -496,13 +625,21 @@ def record_in_mlflow(
         # The parent run compares executions: it gets every model's test scores and the choice.
         tracking.log_run_metrics(run.parent_run_id, scores)
         tracking.set_run_tags(run.parent_run_id, tags)
+        own_statistics = uncertainty_metrics(uncertainty)
+        run.log_summary({f"{stage}.{key}": value for stage, values in own_statistics.items() for key, value in values.items()})
+        if uncertainty is not None:
+            run.log_summary({
+                f"story.{row.before}.{row.after}.{key}": float(getattr(row, key))
+                for row in uncertainty.steps.itertuples(index=False)
+                for key in ("difference", "difference_low", "difference_high", "mcnemar_p")
+            })
         for folder, paths in files.items():
             for path in paths:
                 tracking.log_artifacts(run.run_id, Path(path), folder)
         for e in evaluations:
             version = versions[e.stage]
             if version is not None and version.run_id:
-                tracking.log_run_metrics(version.run_id, e.run_metrics())
+                tracking.log_run_metrics(version.run_id, {**e.run_metrics(), **own_statistics.get(e.stage, {})})
             else:
                 print(f"evaluate: {e.stage}: no registered version holds this model; its test metrics stay in the evaluate run")
         if promote:

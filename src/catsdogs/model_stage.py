@@ -75,7 +75,7 @@ def train_and_record(
     stage: str,
     model: keras.Model,
     train: tf.data.Dataset,
-    validation: tf.data.Dataset,
+    validation: tf.data.Dataset | training.PrecomputedValidation,
     settings: TrainParams,
     *,
     train_images: int,
@@ -93,8 +93,11 @@ def train_and_record(
         model: compiled, taking raw 0..255 RGB photos; built inside the
             scope of the strategy it trains under (tagged ``distribution``).
         train: training batches; repeating when ``settings.steps_per_epoch`` is set.
-        validation: validation batches, never augmented.
-        settings: the stage's epochs, batch size and steps per epoch.
+        validation: validation batches, never augmented, or the validation
+            inputs the model's frozen layers already made
+            (:class:`~catsdogs.training.PrecomputedValidation`).
+        settings: the stage's epochs, batch size, steps per epoch and which
+            epoch's weights to keep.
         train_images: photos in the training split.
         run_params: every parameter the stage read, flat, for MLflow.
         manifest: the dataset manifest, whose digest tags the run.
@@ -104,7 +107,8 @@ def train_and_record(
             itself, e.g. VGG16 base + a head trained on bottleneck features;
             it must take raw 0..255 RGB photos.
         example: one raw photo as the registered model's input example; by
-            default the first photo of ``validation``.
+            default the first photo of ``validation`` (required when that
+            holds precomputed inputs).
 
     Returns:
         The summary written to ``outputs.metrics``.
@@ -131,6 +135,8 @@ def train_and_record(
                 steps_per_epoch=settings.steps_per_epoch,
                 callbacks=[run.callback(), *checkpoint],
                 resumed=restored,
+                label=stage,
+                keep=settings.keep,
             )
         except StageStopped as stop:
             done = len(checkpoint[0].history) if checkpoint else 0
@@ -152,6 +158,7 @@ def train_and_record(
             state.clear()
     print(
         f"{stage}: best val_accuracy {summary['best_val_accuracy']:.3f} at epoch {summary['best_epoch']}, "
+        f"kept epoch {summary['kept_epoch']} ({settings.keep}), "
         f"{summary['training_seconds']:.0f} s; registered cats-vs-dogs version {version} as @{stage}"
     )
     return summary

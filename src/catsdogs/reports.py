@@ -8,6 +8,9 @@ Everything lands in one folder, rebuilt whole on every run::
     figures/roc.png                 every model's ROC curve in one chart
     figures/test_accuracy.png       test accuracy per model beside the chapter's figure
     figures/misclassified.png       the champion's most confident mistakes
+    figures/reliability.png         each model's P(dog) against the share of dogs (calibration)
+    intervals.csv                   per model: 95 % intervals of accuracy and ROC AUC, Brier, ECE
+    story.csv                       per step of the chapter's story: paired difference, McNemar, verdict
     plots/roc/<model>.csv           fpr, tpr: for `dvc plots show`
     plots/predictions/<model>.csv   actual, predicted per photo: DVC's confusion template
 
@@ -31,10 +34,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from catsdogs.inputs import LABELS
+from catsdogs.statistics import BADLY_CALIBRATED_ECE, CONFIDENCE, CONTRADICTS, SIGNIFICANCE, SUPPORTS, reliability_curve
 
 if TYPE_CHECKING:  # evaluation imports this module
     from catsdogs.champion import Choice
     from catsdogs.evaluation import ModelEvaluation
+    from catsdogs.statistics import Uncertainty
 
 # Validation accuracy the chapter this project reproduces reports for each
 # model, trained on the same kind of split (3,000 training photos). The
@@ -62,6 +67,8 @@ TABLE_COLUMNS = (
     "chapter_val_accuracy", "test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc",
     "ms_per_image", "registered_version", "champion",
 )
+# Added to comparison.csv when the statistics were computed.
+INTERVAL_COLUMNS = ("test_accuracy_low", "test_accuracy_high", "test_roc_auc_low", "test_roc_auc_high", "test_brier", "test_ece")
 MAX_MISCLASSIFIED = 16
 THUMBNAIL_SIDE = 200  # pixels: enough to recognise the animal, small enough for a 4x4 grid
 CHAMPION_COLOR = "tab:orange"
@@ -75,6 +82,7 @@ def comparison_table(
     *,
     versions: Mapping[str, str | None],
     champion: str,
+    uncertainty: Uncertainty | None = None,
 ) -> pd.DataFrame:
     """One row per model: how it was trained, validated and how it did on the test set.
 
@@ -84,6 +92,7 @@ def comparison_table(
         training_photos: photos in the training split.
         versions: each stage's registered version, or None.
         champion: the champion's stage.
+        uncertainty: the test split's statistics; adds :data:`INTERVAL_COLUMNS`.
 
     Returns:
         A frame with :data:`TABLE_COLUMNS`; ``chapter_val_accuracy`` is NaN
@@ -106,7 +115,12 @@ def comparison_table(
                 "champion": e.stage == champion,
             }
         )
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    if uncertainty is not None:
+        stats = uncertainty.by_model()
+        for column in INTERVAL_COLUMNS:
+            table[column] = [getattr(stats[m], column.removeprefix("test_")) for m in table["model"]]
+    return table
 
 
 def format_duration(seconds: float | None) -> str:
@@ -194,6 +208,110 @@ def comparison_markdown(table: pd.DataFrame, *, test_photos: int, choice: Choice
         "classification_reports.md.",
         "",
     ])
+
+
+def _interval(value: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def uncertainty_markdown(uncertainty: Uncertainty, *, settings_hint: str = "evaluate.temperature_scaling") -> str:
+    """How sure the comparison on one test set is: intervals, calibration, the story step by step, verdicts.
+
+    Args:
+        uncertainty: the test set's statistics.
+        settings_hint: the parameter that turns temperature scaling on, named
+            when a model is badly calibrated and no temperature was fitted.
+
+    Returns:
+        Markdown text, starting with a second-level heading.
+    """
+    level = round(100 * CONFIDENCE)
+    n = uncertainty.models[0].n if uncertainty.models else 0
+    header = ["Model", f"Test accuracy ({level} % interval)", f"ROC AUC ({level} % interval)", "Brier score", "ECE"]
+    fitted = bool(uncertainty.temperatures)
+    if fitted:
+        header += ["Temperature", "ECE after"]
+    rows = []
+    for m in uncertainty.models:
+        row = [m.model, _interval(m.accuracy, m.accuracy_low, m.accuracy_high),
+               _interval(m.roc_auc, m.roc_auc_low, m.roc_auc_high), _number(m.brier), _number(m.ece)]
+        if fitted:
+            row += [_number(uncertainty.temperatures[m.model], 2), _number(uncertainty.calibrated_ece[m.model])]
+        rows.append(row)
+    parts = [
+        f"## How sure: the {uncertainty.label}, {n:,} photos",
+        "",
+        f"Accuracy intervals are Wilson score intervals; ROC AUC intervals a seeded bootstrap over the photos. "
+        "The Brier score is the mean squared error of P(dog); the expected calibration error (ECE) the "
+        "photo-weighted gap between P(dog) and the share of dogs over ten bins of P(dog): 0 when a "
+        "probability of 0.8 is right 80 % of the time. figures/reliability.png draws it.",
+        "",
+        markdown_table(header, rows, "l" + "r" * (len(header) - 1)),
+        "",
+    ]
+    badly = [m for m in uncertainty.models if m.ece > BADLY_CALIBRATED_ECE]
+    if badly:
+        names = ", ".join(f"{m.model} (ECE {m.ece:.3f})" for m in badly)
+        if fitted:
+            after = ", ".join(f"{m.model} {uncertainty.calibrated_ece[m.model]:.3f} at T = {uncertainty.temperatures[m.model]:.2f}" for m in badly)
+            parts += [f"Badly calibrated (ECE above {BADLY_CALIBRATED_ECE}): {names}. A temperature fitted on the "
+                      f"validation photos brings the test ECE to {after}.", ""]
+        else:
+            parts += [f"Badly calibrated (ECE above {BADLY_CALIBRATED_ECE}): {names}: their probabilities overstate "
+                      f"or understate how often they are right. `{settings_hint}: true` fits a temperature per "
+                      "model on the validation photos and reports the ECE after it.", ""]
+    else:
+        parts += [f"Every model is well calibrated here (ECE at most {BADLY_CALIBRATED_ECE}).", ""]
+    if not uncertainty.steps.empty:
+        step_rows = [
+            [f"{r.before} -> {r.after}", r.claim, f"{_points(r.difference)} ({_points(r.difference_low)} to {_points(r.difference_high)})",
+             str(r.only_before_right), str(r.only_after_right), f"{r.mcnemar_p:.3g}", r.verdict]
+            for r in uncertainty.steps.itertuples(index=False)
+        ]
+        parts += [
+            "### The chapter's story, step by step",
+            "",
+            f"Each step compares two models on the same photos: the accuracy difference in points with its {level} % "
+            "interval, the photos only one of the two got right, and the exact McNemar test on those. A step "
+            f"supports the chapter's claim when the later model is better with p < {SIGNIFICANCE}, contradicts "
+            "it when it is worse with p below that, and otherwise cannot tell from noise.",
+            "",
+            markdown_table(["Step", "Chapter's claim", "Difference, points", "Only before right", "Only after right",
+                            "McNemar p", "Verdict"], step_rows, "llrrrrl"),
+            "",
+        ]
+        for name, verdict in (("supports", SUPPORTS), ("contradicts", CONTRADICTS)):
+            chosen = uncertainty.steps[uncertainty.steps["verdict"] == verdict]
+            listed = "; ".join(f"{r.claim} ({r.before} -> {r.after}, {_points(r.difference)} points, p = {r.mcnemar_p:.2g})"
+                               for r in chosen.itertuples(index=False))
+            parts.append(f"- This run **{name}**: {listed or 'none of the claims'}.")
+        noise = uncertainty.steps[~uncertainty.steps["verdict"].isin([SUPPORTS, CONTRADICTS])]
+        listed = "; ".join(f"{r.claim} ({r.before} -> {r.after}, {_points(r.difference)} points, p = {r.mcnemar_p:.2g})"
+                           for r in noise.itertuples(index=False))
+        parts += [f"- It **cannot tell from noise**: {listed or 'none of the claims'}.", ""]
+    return "\n".join(parts)
+
+
+def reliability_figure(labels: np.ndarray, p_dog: Mapping[str, np.ndarray], bins: int = 10) -> Figure:
+    """Each model's reliability curve: mean P(dog) per bin against the share of dogs in it."""
+    figure = _new_figure(7, 6.5)
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    for model, p in p_dog.items():
+        curve = reliability_curve(labels, p, bins)
+        axes.plot(curve["mean_p_dog"], curve["dog_share"], marker="o", linewidth=1.5, label=model)
+    axes.set(
+        xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
+        xlabel="Mean predicted P(dog) in the bin", ylabel="Share of dogs in the bin",
+        title=f"Reliability on the test set ({bins} bins of P(dog))",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+    return figure
 
 
 def classification_markdown(evaluations: Sequence[ModelEvaluation]) -> str:
@@ -375,6 +493,7 @@ def write_reports(
     photo_paths: Sequence[Path],
     choice: Choice,
     champion_note: str,
+    uncertainty: Sequence[Uncertainty] = (),
 ) -> Path:
     """(Re)writes the whole reports folder (see the module docstring).
 
@@ -390,6 +509,9 @@ def write_reports(
         photo_paths: the test photos, in label order.
         choice: the champion choice.
         champion_note: what happened to the ``champion`` alias.
+        uncertainty: statistics per test set, the test split first (its
+            reliability diagram is drawn); each adds a section to
+            comparison.md and rows to intervals.csv and story.csv.
 
     Returns:
         ``reports_dir``.
@@ -399,10 +521,16 @@ def write_reports(
     build = Path(tempfile.mkdtemp(dir=reports_dir.parent, prefix=f".{reports_dir.name}.build-"))
     try:
         table.to_csv(build / "comparison.csv", index=False, float_format="%.6g")
-        (build / "comparison.md").write_text(
-            comparison_markdown(table, test_photos=len(labels), choice=choice, champion_note=champion_note),
-            encoding="utf-8",
-        )
+        markdown = comparison_markdown(table, test_photos=len(labels), choice=choice, champion_note=champion_note)
+        for u in uncertainty:
+            markdown += "\n" + uncertainty_markdown(u)
+        (build / "comparison.md").write_text(markdown, encoding="utf-8")
+        if uncertainty:
+            pd.concat([u.intervals_table().assign(test_set=u.label) for u in uncertainty], ignore_index=True).to_csv(
+                build / "intervals.csv", index=False, float_format="%.6g")
+            pd.concat([u.steps.assign(test_set=u.label) for u in uncertainty], ignore_index=True).to_csv(
+                build / "story.csv", index=False, float_format="%.6g")
+            save_png(reliability_figure(labels, {e.stage: e.p_dog for e in evaluations}), build / "figures" / "reliability.png")
         per_class_table(evaluations).to_csv(build / "per_class.csv", index=False, float_format="%.6g")
         (build / "classification_reports.md").write_text(classification_markdown(evaluations), encoding="utf-8")
         for e in evaluations:

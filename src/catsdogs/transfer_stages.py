@@ -17,12 +17,13 @@ import tensorflow as tf
 
 from catsdogs import models
 from catsdogs.augmentation import make_augmentation
-from catsdogs.bottleneck import TransferError, load_features, vgg16_base
+from catsdogs.bottleneck import TransferError, last_frozen_layer, load_features, load_frozen_outputs, top_from, vgg16_base
 from catsdogs.config import Params
 from catsdogs.inputs import count_images, make_dataset
 from catsdogs.model_stage import StageOutputs, example_photo, stage_params, train_and_record
 from catsdogs.reproducibility import make_deterministic
 from catsdogs.runtime import configure_runtime
+from catsdogs.training import PrecomputedValidation
 from catsdogs.vgg16_weights import ResolvedWeights
 
 
@@ -65,9 +66,6 @@ def train_vgg16_features(params: Params, *, features_dir: Path, data_dir: Path, 
             f"base.image_size={params.base.image_size} gives {expected}: run `dvc repro vgg16_bottleneck`"
         )
     deployable = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
-    one_photo = make_dataset(
-        data_dir / "validation", image_size=params.base.image_size, batch_size=1, shuffle=False, seed=seed, cache=False
-    )
     return train_and_record(
         stage, head, train, validation, settings,
         train_images=len(train_x),
@@ -76,20 +74,63 @@ def train_vgg16_features(params: Params, *, features_dir: Path, data_dir: Path, 
         outputs=outputs,
         extra_tags=weights_tags(resolved),
         deployable=deployable,
-        example=example_photo(one_photo),
+        example=one_validation_photo(data_dir, params),
     )
 
 
+def one_validation_photo(data_dir: Path, params: Params) -> np.ndarray:
+    """The first validation photo, raw, as the registered model's input example."""
+    one_photo = make_dataset(
+        data_dir / "validation", image_size=params.base.image_size, batch_size=1, shuffle=False, seed=params.base.seed,
+        cache=False,
+    )
+    return example_photo(one_photo)
+
+
+def precomputed_validation(
+    model: keras.Model, features_dir: Path, layer: str | None, batch_size: int
+) -> PrecomputedValidation:
+    """Validation through ``model``'s layers after ``layer`` on the outputs vgg16_bottleneck saved.
+
+    Args:
+        model: a VGG16 classifier whose layers up to ``layer`` are frozen
+            ImageNet weights.
+        features_dir: vgg16_bottleneck's output folder.
+        layer: the last frozen layer of the base; None when the whole base is frozen.
+        batch_size: photos per validation batch.
+    """
+    saved = load_frozen_outputs(features_dir, "validation", layer)
+    return PrecomputedValidation(top_from(model, layer), saved.inputs, saved.labels, batch_size)
+
+
 def _train_on_augmented_photos(
-    stage: str, model: keras.Model, params: Params, *, data_dir: Path, outputs: StageOutputs, tags: dict[str, str]
+    stage: str,
+    model: keras.Model,
+    params: Params,
+    *,
+    data_dir: Path,
+    outputs: StageOutputs,
+    tags: dict[str, str],
+    features_dir: Path | None,
+    frozen_layer: str | None,
 ) -> dict:
-    """Trains a compiled VGG16 classifier on augmented photos and records the stage."""
+    """Trains a compiled VGG16 classifier on augmented photos and records the stage.
+
+    Validation runs only the layers after ``frozen_layer`` (None: the head)
+    on what vgg16_bottleneck saved in ``features_dir``; without
+    ``features_dir`` it runs the whole model on the validation photos.
+    """
     settings, seed, size = getattr(params, stage), params.base.seed, params.base.image_size
     train = make_dataset(
         data_dir / "train", image_size=size, batch_size=settings.batch_size, shuffle=True, seed=seed,
         augment=make_augmentation(params.augmentation, seed), repeat=settings.steps_per_epoch is not None,
     )
-    validation = make_dataset(data_dir / "validation", image_size=size, batch_size=settings.batch_size, shuffle=False, seed=seed)
+    if features_dir is None:
+        validation = make_dataset(data_dir / "validation", image_size=size, batch_size=settings.batch_size, shuffle=False, seed=seed)
+        example = None
+    else:
+        validation = precomputed_validation(model, features_dir, frozen_layer, settings.batch_size)
+        example = one_validation_photo(data_dir, params)
     return train_and_record(
         stage, model, train, validation, settings,
         train_images=sum(count_images(data_dir / "train").values()),
@@ -97,11 +138,18 @@ def _train_on_augmented_photos(
         manifest=data_dir / "manifest.csv",
         outputs=outputs,
         extra_tags=tags,
+        example=example,
     )
 
 
-def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutputs) -> dict:
-    """Trains a new head on augmented photos through the frozen base."""
+def train_vgg16_augmented(
+    params: Params, *, data_dir: Path, outputs: StageOutputs, features_dir: Path | None = None
+) -> dict:
+    """Trains a new head on augmented photos through the frozen base.
+
+    With ``features_dir`` (vgg16_bottleneck's output) each epoch's validation
+    runs the head only on the saved features of the validation photos.
+    """
     stage, settings = "vgg16_augmented", params.vgg16_augmented
     make_deterministic(params.base.seed)
     runtime = configure_runtime(params.base.precision, params.base.distribution)
@@ -110,7 +158,10 @@ def train_vgg16_augmented(params: Params, *, data_dir: Path, outputs: StageOutpu
         head = models.build_classifier_head(base.output_shape[1:])
         model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
         models.compile_model(model, settings.optimizer, settings.learning_rate)
-    return _train_on_augmented_photos(stage, model, params, data_dir=data_dir, outputs=outputs, tags=weights_tags(resolved))
+    return _train_on_augmented_photos(
+        stage, model, params, data_dir=data_dir, outputs=outputs, tags=weights_tags(resolved),
+        features_dir=features_dir, frozen_layer=None,
+    )
 
 
 def unfreeze_from(base: keras.Model, first_trainable: str) -> list[str]:
@@ -140,8 +191,14 @@ def initial_head_weights(source: str, model_paths: dict[str, Path]) -> list[np.n
     return trained.get_layer("classifier_head").get_weights()
 
 
-def fine_tune(params: Params, *, data_dir: Path, model_paths: dict[str, Path], outputs: StageOutputs) -> dict:
+def fine_tune(
+    params: Params, *, data_dir: Path, model_paths: dict[str, Path], outputs: StageOutputs, features_dir: Path | None = None
+) -> dict:
     """Fine-tunes VGG16's later blocks and the head on augmented photos.
+
+    With ``features_dir`` each epoch's validation runs the trained blocks and
+    the head only, on the outputs of the frozen blocks vgg16_bottleneck
+    saved for the validation photos (when some blocks stay frozen).
 
     The head starts from ``fine_tune.initial_head``'s trained head so that
     the large gradients of a random head do not wreck the pretrained blocks;
@@ -168,4 +225,8 @@ def fine_tune(params: Params, *, data_dir: Path, model_paths: dict[str, Path], o
         models.compile_model(model, settings.optimizer, settings.learning_rate)
     print(f"fine_tune: training {', '.join(trainable)} and the head")
     tags = {**weights_tags(resolved), "fine_tune.trainable_layers": ",".join(trainable)}
-    return _train_on_augmented_photos(stage, model, params, data_dir=data_dir, outputs=outputs, tags=tags)
+    frozen = last_frozen_layer(base, settings.trainable_from)
+    return _train_on_augmented_photos(
+        stage, model, params, data_dir=data_dir, outputs=outputs, tags=tags,
+        features_dir=features_dir if frozen is not None else None, frozen_layer=frozen,
+    )
