@@ -4,7 +4,7 @@ Usage (as dvc.yaml runs it)::
 
     python stages/evaluate.py --params params.yaml --data data/small --models models \
         --metrics-dir metrics/training --out-metrics metrics --reports reports/evaluation \
-        --out-statistics metrics/statistics.json --features data/features
+        --out-statistics metrics/evaluation/statistics.json --features data/features --raw data/raw
 
 ``--stages scratch_cnn,fine_tune`` compares only those models (all six by
 default). Outside ``dvc exp run`` the alias ``champion`` of ``cats-vs-dogs``
@@ -33,6 +33,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--features", type=Path, default=None,
         help="vgg16_bottleneck's output: the VGG16 models are scored from it instead of running their frozen layers again",
+    )
+    parser.add_argument(
+        "--raw", type=Path, default=None,
+        help="the download stage's photos: evaluate.extra_test_photos of those the small dataset did not draw are a second test set",
     )
     parser.add_argument(
         "--out-statistics", type=Path, default=None,
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=params.base.seed,
         out_statistics=args.out_statistics,
         features_dir=args.features,
+        raw_dir=args.raw,
     )
 
 

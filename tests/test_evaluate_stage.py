@@ -67,7 +67,7 @@ def stage_argv() -> list[str]:
     return [
         "--params", "params.yaml", "--data", "data/small", "--models", "models", "--metrics-dir", "metrics/training",
         "--out-metrics", "metrics", "--reports", "reports", "--stages", ",".join(STAGES),
-        "--out-statistics", "metrics/statistics.json",
+        "--out-statistics", "metrics/evaluation/statistics.json",
     ]
 
 
@@ -222,7 +222,7 @@ def test_each_model_run_gets_its_test_metrics(evaluated):
 
 def test_statistics_reach_the_metrics_the_reports_and_the_runs(evaluated):
     project, client = evaluated["project"], evaluated["client"]
-    stats = json.loads((project / "metrics" / "statistics.json").read_text())["test_split"]
+    stats = json.loads((project / "metrics" / "evaluation" / "statistics.json").read_text())["test_split"]
     labels = [0] * 6 + [1] * 6
     for stage in STAGES:
         predicted = pd.read_csv(project / "reports" / "plots" / "predictions" / f"{stage}.csv")["predicted"].eq("dog").astype(int)

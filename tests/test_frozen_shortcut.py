@@ -17,6 +17,7 @@ from catsdogs.evaluation import (
     TIMED_PHOTOS,
     EvaluationError,
     evaluate_model,
+    extra_predictions,
     load_stage_model,
     saved_outputs,
     shortcut_predictions,
@@ -104,3 +105,12 @@ def test_features_of_other_photos_are_refused(real_dataset, saved_models):
     _, _, paths = load_split_arrays(real_dataset / "validation", image_size=SIZE)
     with pytest.raises(EvaluationError, match="other test photos"):
         saved_outputs("vgg16_augmented", saved_models / "features", "test", real_dataset, paths)
+
+
+def test_extra_test_set_shares_one_frozen_pass_and_gives_the_saved_models_probabilities(real_dataset, saved_models):
+    images, _, _ = load_split_arrays(real_dataset / "validation", image_size=SIZE)
+    stages = ["vgg16_augmented", "fine_tune"]
+    shared = extra_predictions(stages, saved_models / "models", images, share_frozen=True, frozen_layer="block3_pool")
+    alone = extra_predictions(stages, saved_models / "models", images, share_frozen=False, frozen_layer=None)
+    for stage in stages:
+        assert np.max(np.abs(shared[stage] - alone[stage])) < SHORTCUT_TOLERANCE, stage

@@ -87,31 +87,56 @@ def last_frozen_layer(base: keras.Model, first_trainable: str) -> str | None:
     return names[index - 1] if index > 1 else None
 
 
-def top_from(model: keras.Model, layer: str | None) -> keras.Model:
+def _base_of(model: keras.Model) -> keras.Model:
+    return next(l for l in model.layers if isinstance(l, keras.Model) and l.name != "classifier_head")
+
+
+def frozen_part(model: keras.Model, layer: str | None) -> keras.Model:
+    """Raw photos through a saved VGG16 classifier's preprocessing and base up to ``layer`` (None: the whole base).
+
+    The counterpart of :func:`top_from`: ``top_from(model, layer)`` of this
+    model's output is the model's P(dog).
+    """
+    base = _base_of(model)
+    inputs = keras.Input(shape=model.input_shape[1:], name="pixels")
+    x = inputs
+    for l in model.layers[1:]:
+        if l is base:
+            break
+        x = l(x)
+    names = [l.name for l in base.layers]
+    cut = len(names) - 1 if layer is None else names.index(layer)
+    for l in base.layers[1 : cut + 1]:
+        x = l(x)
+    return keras.Model(inputs, x, name=f"until_{layer or 'base_output'}")
+
+
+def top_from(model: keras.Model, layer: str | None, *, head: bool = True) -> keras.Model:
     """The part of a saved VGG16 classifier after ``layer`` of its base, sharing its weights.
 
     Args:
         model: from :func:`catsdogs.models.build_vgg16_classifier`, taking raw photos.
         layer: a layer of its base; None for the head alone (the input is
             the base's output, the bottleneck features).
+        head: False leaves the head out: the rest of the base only.
 
     Returns:
         A model from that layer's output to P(dog); it gives the same
         probabilities as ``model`` does on the photos whose outputs it is fed.
     """
-    head = model.get_layer("classifier_head")
-    if layer is None:
-        return head
-    base = next(l for l in model.layers if isinstance(l, keras.Model) and l.name != "classifier_head")
+    classifier = model.get_layer("classifier_head")
+    if layer is None and head:
+        return classifier
+    base = _base_of(model)
     names = [l.name for l in base.layers]
-    if layer not in names:
+    if layer is not None and layer not in names:
         raise TransferError(f"the model's VGG16 base has no layer {layer!r}")
-    cut = names.index(layer)
-    inputs = keras.Input(shape=base.layers[cut].output.shape[1:], name=f"{layer}_output")
+    cut = len(names) - 1 if layer is None else names.index(layer)
+    inputs = keras.Input(shape=base.layers[cut].output.shape[1:], name=f"{layer or 'base'}_output")
     x = inputs
     for l in base.layers[cut + 1 :]:
         x = l(x)
-    return keras.Model(inputs, head(x), name=f"top_after_{layer}")
+    return keras.Model(inputs, classifier(x) if head else x, name=f"top_after_{layer or 'base'}")
 
 
 # Splits whose photos are only ever scored, never trained on: their frozen

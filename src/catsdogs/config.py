@@ -266,8 +266,8 @@ def _validate(params: Params) -> None:
     if tune.initial_head not in HEAD_SOURCES:
         raise _fail("fine_tune.initial_head", f"unknown value {tune.initial_head!r}; allowed: {', '.join(HEAD_SOURCES)}")
     _positive("evaluate.bootstrap_resamples", params.evaluate.bootstrap_resamples)
-    if params.evaluate.extra_test_photos < 0:
-        raise _fail("evaluate.extra_test_photos", f"must be 0 (off) or more (got {params.evaluate.extra_test_photos!r})")
+    if params.evaluate.extra_test_photos < 0 or params.evaluate.extra_test_photos == 1:
+        raise _fail("evaluate.extra_test_photos", f"must be 0 (off) or at least 2, one per class (got {params.evaluate.extra_test_photos!r})")
     for stage in TRAINING_STAGES:
         train = getattr(params, stage)
         _positive(f"{stage}.epochs", train.epochs)

@@ -22,7 +22,9 @@ import tensorflow as tf
 
 from catsdogs import models, speed
 from catsdogs.augmentation import make_augmentation
+from catsdogs.bottleneck import last_frozen_layer, top_from
 from catsdogs.config import Params, TrainParams
+from catsdogs.evaluation import TIMED_PHOTOS
 from catsdogs.profiles import load_params_with_profile
 from catsdogs.runtime import configure_runtime
 
@@ -52,8 +54,9 @@ def measure_rates(params: Params, steps: int = 3) -> dict[str, float]:
     """Images per second of each kind of work the pipeline does, on this machine.
 
     Keys: ``<stage>.train`` for the six training stages, ``scratch_cnn.predict``,
-    ``regularized_cnn.predict`` and ``vgg16.predict`` (bottleneck extraction,
-    VGG16 validation and evaluation).
+    ``regularized_cnn.predict``, ``vgg16.predict`` (bottleneck extraction)
+    and ``vgg16.top_predict`` (the layers after fine_tune's frozen ones, on
+    their saved outputs: its validation and evaluation).
     """
     size = params.base.image_size
     augment = make_augmentation(params.augmentation, params.base.seed)
@@ -79,6 +82,15 @@ def measure_rates(params: Params, steps: int = 3) -> dict[str, float]:
     frozen = speed.vgg16_model(size, trainable_from=None, preprocessing=params.vgg16.preprocessing)
     rates["vgg16.predict"] = speed.predict_rate(frozen, photos, params.vgg16.feature_batch_size)
     print(f"  VGG16: {rates['vgg16.predict']:.1f} photos/s through the base", flush=True)
+    # fine_tune validates and evaluate scores it on the saved outputs of its frozen blocks: the rest of VGG16 runs.
+    frozen_layer = last_frozen_layer(frozen.get_layer("vgg16"), params.fine_tune.trainable_from)
+    if frozen_layer is not None:
+        top = top_from(frozen, frozen_layer)
+        middle = np.zeros((2 * params.vgg16.feature_batch_size, *top.input_shape[1:]), np.float32)
+        rates["vgg16.top_predict"] = speed.predict_rate(top, middle, params.vgg16.feature_batch_size)
+    else:
+        rates["vgg16.top_predict"] = rates["vgg16.predict"]
+    print(f"  VGG16 after {frozen_layer or 'nothing frozen'}: {rates['vgg16.top_predict']:.1f} photos/s", flush=True)
     train("vgg16_augmented", frozen, True)
     tuned = speed.vgg16_model(size, trainable_from=params.fine_tune.trainable_from, preprocessing=params.vgg16.preprocessing)
     train("fine_tune", tuned, True)
@@ -107,20 +119,22 @@ def stage_seconds(params: Params, rates: dict[str, float], counts: Counts) -> di
         "scratch_cnn": rates["scratch_cnn.predict"],
         "regularized_cnn": rates["regularized_cnn.predict"],
         "augmented_cnn": rates["regularized_cnn.predict"],
-        "vgg16_features": rates["vgg16_features.train"] * 3,  # a forward pass of the head alone
-        "vgg16_augmented": rates["vgg16.predict"],
-        "fine_tune": rates["vgg16.predict"],
+        # The frozen base's work is saved by vgg16_bottleneck: validation runs
+        # the head alone (a third of a training step), or fine_tune's own blocks.
+        "vgg16_features": rates["vgg16_features.train"] * 3,
+        "vgg16_augmented": rates["vgg16_features.train"] * 3,
+        "fine_tune": rates["vgg16.top_predict"],
     }
     seconds: dict[str, float] = {}
     for stage in (*SCRATCH_STAGES, "vgg16_bottleneck", *VGG16_STAGES, "evaluate"):
         if stage == "vgg16_bottleneck":
             work = (counts.train + counts.validation + counts.test) / rates["vgg16.predict"]
         elif stage == "evaluate":
+            # The VGG16 models are scored from the saved outputs (heads: next
+            # to nothing) and checked end to end on TIMED_PHOTOS each.
             work = counts.test * (
-                len(VGG16_STAGES) / rates["vgg16.predict"]
-                + 1 / rates["scratch_cnn.predict"]
-                + 2 / rates["regularized_cnn.predict"]
-            )
+                1 / rates["vgg16.top_predict"] + 1 / rates["scratch_cnn.predict"] + 2 / rates["regularized_cnn.predict"]
+            ) + len(VGG16_STAGES) * min(TIMED_PHOTOS, counts.test) / rates["vgg16.predict"]
         else:
             settings: TrainParams = getattr(params, stage)
             per_epoch = _epoch_photos(settings, counts) / rates[f"{stage}.train"] + counts.validation / validation_rate[stage]

@@ -34,7 +34,8 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from catsdogs import champion, reports, statistics, tracking
-from catsdogs.bottleneck import FrozenOutputs, load_frozen_outputs, saved_frozen_layer, top_from
+from catsdogs.bottleneck import FrozenOutputs, frozen_part, load_frozen_outputs, saved_frozen_layer, top_from
+from catsdogs.extra_test import load_photos, undrawn_photos
 from catsdogs.config import TRAINING_STAGES, EvaluateParams
 from catsdogs.errors import CatsDogsError
 from catsdogs.execution import experiment_name
@@ -441,6 +442,42 @@ def score_models(
     return evaluations, labels, paths, ((val_labels, val_p) if with_validation else None)
 
 
+def extra_predictions(
+    stages: Sequence[str], models_dir: Path, images: np.ndarray, *, share_frozen: bool, frozen_layer: str | None,
+    batch_size: int = PREDICT_BATCH_SIZE,
+) -> dict[str, np.ndarray]:
+    """Every model's P(dog) on the extra test photos, each photo through the frozen VGG16 layers once.
+
+    With ``share_frozen``, the first VGG16 model's frozen ImageNet layers map
+    the photos up to ``frozen_layer`` (the last layer fine_tune keeps
+    frozen), the base's rest makes the features once, and each VGG16 model
+    runs only its own layers on what it needs.
+    """
+    predictions: dict[str, np.ndarray] = {}
+    middle = features = None
+    for stage in stages:
+        model = load_stage_model(models_dir, stage)
+        if share_frozen and stage in (*HEAD_ONLY, *FROZEN_PREFIX):
+            layer = frozen_layer if stage in FROZEN_PREFIX else None
+            if frozen_layer is not None and middle is None:
+                middle = frozen_part(model, frozen_layer).predict(images, batch_size=batch_size, verbose=0)
+            if stage in HEAD_ONLY and features is None:
+                features = (
+                    top_from(model, frozen_layer, head=False).predict(middle, batch_size=batch_size, verbose=0)
+                    if middle is not None else frozen_part(model, None).predict(images, batch_size=batch_size, verbose=0)
+                )
+            if stage in FROZEN_PREFIX and layer is None:
+                p = model.predict(images, batch_size=batch_size, verbose=0)
+            else:
+                p = top_from(model, layer).predict(features if layer is None else middle, batch_size=batch_size, verbose=0)
+        else:
+            p = model.predict(images, batch_size=batch_size, verbose=0)
+        predictions[stage] = np.asarray(p, dtype=np.float64).reshape(-1)
+        del model
+        keras.backend.clear_session()
+    return predictions
+
+
 def run_evaluation(
     stages: Sequence[str] = TRAINING_STAGES,
     *,
@@ -456,6 +493,7 @@ def run_evaluation(
     seed: int = 42,
     out_statistics: Path | None = None,
     features_dir: Path | None = None,
+    raw_dir: Path | None = None,
 ) -> EvaluationOutcome:
     """Runs the evaluate stage: scores, reports, MLflow and the champion alias.
 
@@ -483,6 +521,10 @@ def run_evaluation(
         features_dir: vgg16_bottleneck's output; the VGG16 models' frozen
             layers are then not run again over the test photos (but for
             :data:`TIMED_PHOTOS` of them).
+        raw_dir: the download stage's photos; with
+            ``settings.extra_test_photos`` above 0, that many photos of it
+            the small dataset did not draw are a second, labelled test set
+            (see :mod:`catsdogs.extra_test`).
 
     Returns:
         The evaluations, the comparison table, the champion choice, whether
@@ -511,6 +553,15 @@ def run_evaluation(
         "test split", labels, {e.stage: e.p_dog for e in evaluations},
         resamples=settings.bootstrap_resamples, seed=seed, validation=validation, threshold=THRESHOLD,
     )
+    extra = None
+    if settings.extra_test_photos and raw_dir is not None:
+        extra, extra_seconds = score_extra_test_set(
+            stages, models_dir, Path(data_dir), Path(raw_dir), settings, seed=seed, image_size=image_size,
+            features_dir=features_dir, batch_size=batch_size,
+        )
+    elif settings.extra_test_photos:
+        raise EvaluationError("evaluate.extra_test_photos is set but no raw photos folder was given (--raw data/raw)")
+    tested = [uncertainty] if extra is None else [uncertainty, extra]
 
     registered = tracking.registered_versions()
     versions = {
@@ -539,7 +590,7 @@ def run_evaluation(
     )
     reports.write_reports(
         reports_dir, table=table, evaluations=evaluations, labels=labels, photo_paths=paths,
-        choice=choice, champion_note=note, uncertainty=[uncertainty],
+        choice=choice, champion_note=note, uncertainty=tested,
     )
     headline_files = [
         write_json_atomically(
@@ -549,7 +600,10 @@ def run_evaluation(
     ]
     metric_files = list(headline_files)
     if out_statistics is not None:
-        metric_files.append(write_json_atomically({"test_split": uncertainty.summary()}, out_statistics))
+        statistics_json = {"test_split": uncertainty.summary()}
+        if extra is not None:
+            statistics_json["extra_test"] = {"photos": extra.models[0].n, "seconds": round(extra_seconds, 1), **extra.summary()}
+        metric_files.append(write_json_atomically(statistics_json, out_statistics))
 
     run_params = {
         "evaluate.stages": ",".join(stages),
@@ -557,6 +611,7 @@ def run_evaluation(
         "evaluate.threshold": THRESHOLD,
         "evaluate.bootstrap_resamples": settings.bootstrap_resamples,
         "evaluate.temperature_scaling": settings.temperature_scaling,
+        "evaluate.extra_test_photos": settings.extra_test_photos if extra is not None else 0,
         "base.seed": seed,
         "base.image_size": image_size,
         **{f"split.test.{label}": int((labels == i).sum()) for i, label in enumerate(LABELS)},
@@ -564,21 +619,58 @@ def run_evaluation(
     files = {"reports": [reports_dir], "metrics": metric_files}
     run_id = record_in_mlflow(
         evaluations, versions, choice, promote,
-        run_params=run_params, manifest=manifest, files=files, root=root, uncertainty=uncertainty,
+        run_params=run_params, manifest=manifest, files=files, root=root, uncertainty=uncertainty, extra=extra,
     )
     print(f"evaluate: champion {choice.winner.stage}, with {choice.reason}. {note}")
     return EvaluationOutcome(tuple(evaluations), table, choice, promote, run_id)
 
 
-def uncertainty_metrics(uncertainty: statistics.Uncertainty | None) -> dict[str, dict[str, float]]:
-    """Per model, the numeric statistics its MLflow run gets (``test_accuracy_low``, ..., ``temperature``)."""
+def uncertainty_metrics(uncertainty: statistics.Uncertainty | None, everything: bool = False) -> dict[str, dict[str, float]]:
+    """Per model, the numeric statistics its MLflow run gets (``test_accuracy_low``, ..., ``temperature``).
+
+    The accuracy and ROC AUC themselves are left out (the run has them
+    already), unless ``everything``.
+    """
     if uncertainty is None:
         return {}
     summary = uncertainty.summary()
-    return {
-        m.model: {k: float(v) for k, v in summary[m.model].items() if k not in ("test_n", "test_accuracy", "test_roc_auc")}
-        for m in uncertainty.models
-    }
+    already = () if everything else ("test_n", "test_accuracy", "test_roc_auc")
+    return {m.model: {k: float(v) for k, v in summary[m.model].items() if k not in already} for m in uncertainty.models}
+
+
+def score_extra_test_set(
+    stages: Sequence[str],
+    models_dir: Path,
+    data_dir: Path,
+    raw_dir: Path,
+    settings: EvaluateParams,
+    *,
+    seed: int,
+    image_size: int,
+    features_dir: Path | None,
+    batch_size: int = PREDICT_BATCH_SIZE,
+) -> tuple[statistics.Uncertainty, float]:
+    """Scores every model on up to ``settings.extra_test_photos`` undrawn archive photos.
+
+    Returns:
+        Their statistics (labelled as the extra test set) and the seconds it took.
+    """
+    started = time.perf_counter()
+    photos = undrawn_photos(raw_dir, data_dir, settings.extra_test_photos, seed)
+    if len({p.parent.name for p in photos}) < len(LABELS):
+        raise EvaluationError(f"{raw_dir} holds no undrawn photos of one class: set evaluate.extra_test_photos: 0")
+    images, labels, _ = load_photos(photos, image_size)
+    frozen_layer = saved_frozen_layer(features_dir) if features_dir is not None else None
+    p_dog = extra_predictions(
+        stages, models_dir, images, share_frozen=features_dir is not None, frozen_layer=frozen_layer, batch_size=batch_size
+    )
+    extra = statistics.assess(
+        "extra test set (archive photos the small dataset did not draw)", labels, p_dog,
+        resamples=settings.bootstrap_resamples, seed=seed, threshold=THRESHOLD,
+    )
+    seconds = time.perf_counter() - started
+    print(f"evaluate: extra test set: {len(photos)} photos, {len(stages)} models, {seconds:.0f} s")
+    return extra, seconds
 
 
 def record_in_mlflow(
@@ -592,6 +684,7 @@ def record_in_mlflow(
     files: Mapping[str, Sequence[Path]],
     root: Path,
     uncertainty: statistics.Uncertainty | None = None,
+    extra: statistics.Uncertainty | None = None,
 ) -> str:
     """Logs the ``evaluate`` run, adds test metrics to each model's run and to the
     pipeline's parent run, moves the alias.
@@ -608,6 +701,7 @@ def record_in_mlflow(
         uncertainty: the test split's statistics: the evaluate run gets all
             of them, each model's run its own intervals, calibration and
             fitted temperature.
+        extra: the extra test set's statistics, logged as ``extra.<model>.<key>``.
 
     Returns:
         The ``evaluate`` run's id.
@@ -633,6 +727,10 @@ def record_in_mlflow(
                 for row in uncertainty.steps.itertuples(index=False)
                 for key in ("difference", "difference_low", "difference_high", "mcnemar_p")
             })
+        run.log_summary({
+            f"extra.{stage}.{key}": value for stage, values in uncertainty_metrics(extra, everything=True).items()
+            for key, value in values.items()
+        })
         for folder, paths in files.items():
             for path in paths:
                 tracking.log_artifacts(run.run_id, Path(path), folder)

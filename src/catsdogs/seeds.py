@@ -11,16 +11,19 @@ the queue, then summarise the experiments::
 
 Queued experiments may also run the whole pipeline (no stage names): the
 report then adds each model's test accuracy to its validation accuracy.
-Every experiment of the workspace's commit is read through
-``dvc.api.exp_show``; with ``--seeds 1,2,3`` only those seeds count, and an
-experiment that failed, or one seed run twice, is left out.
+The experiments of the workspace's commit are listed by
+``dvc.api.exp_show``; each one's ``metrics/training/<stage>.json`` (and
+headline ``metrics/<stage>.json``) is read from its commit, where Git
+versions them. With ``--seeds 1,2,3`` only those seeds count; an
+experiment that failed, or a seed run twice, counts once or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,42 +40,54 @@ class SeedReportError(CatsDogsError):
     """No experiment to summarise, or the experiments cannot be read."""
 
 
-def _metric(record: Mapping[str, object], file: str, key: str) -> float | None:
-    """A metric of one experiment as ``dvc.api.exp_show`` names it: ``<file>:<key>`` or the bare key."""
-    for name in (f"{file}:{key}", key):
-        value = record.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
     return None
 
 
-def scores_by_seed(records: Iterable[Mapping[str, object]], stages: Sequence[str] = TRAINING_STAGES) -> pd.DataFrame:
+def _param(record: Mapping[str, object], key: str) -> object:
+    """A param as ``dvc.api.exp_show`` names it: the bare key, or ``params.yaml:<key>`` when names collide."""
+    return record.get(key, record.get(f"params.yaml:{key}"))
+
+
+Reader = Callable[[str, str], "dict | None"]
+
+
+def scores_by_seed(
+    records: Iterable[Mapping[str, object]], read: Reader, stages: Sequence[str] = TRAINING_STAGES
+) -> pd.DataFrame:
     """One row per (seed, model) with its validation and, when evaluated, test accuracy.
 
     Args:
-        records: rows of ``dvc.api.exp_show`` (flat: ``base.seed``,
-            ``metrics/<stage>.json:best_val_accuracy``, ...).
+        records: rows of ``dvc.api.exp_show`` (``rev``, ``State``, ``base.seed``, ...).
+        read: ``read(rev, path)`` gives a JSON file of that experiment
+            commit as a dict, or None when it has none: the training
+            summaries ``metrics/training/<stage>.json`` and the headline
+            ``metrics/<stage>.json`` are read through it.
         stages: the models to look for.
 
     Returns:
         Columns ``seed``, ``experiment``, ``model`` and the :data:`SCORES`;
-        an experiment per seed (the first listed).
+        one experiment per seed (the first listed that finished).
     """
     rows, seen = [], set()
     for record in records:
-        seed = record.get(SEED_PARAM)
-        if seed is None or record.get("State") not in (None, "Success") or seed in seen:
+        seed, rev = _param(record, SEED_PARAM), record.get("rev")
+        if seed is None or rev is None or record.get("State") not in (None, "Success") or seed in seen:
             continue
+        found = False
         for stage in stages:
-            validation = _metric(record, f"metrics/{stage}.json", "best_val_accuracy")
-            test = _metric(record, "metrics/evaluation.json", f"{stage}.test_accuracy")
-            if test is None:
-                test = _metric(record, f"metrics/{stage}.json", "test_accuracy")
+            training = read(str(rev), f"metrics/training/{stage}.json") or {}
+            headline = read(str(rev), f"metrics/{stage}.json") or {}
+            validation, test = _number(training.get("best_val_accuracy")), _number(headline.get("test_accuracy"))
             if validation is None and test is None:
                 continue
-            rows.append({"seed": int(seed), "experiment": record.get("Experiment") or record.get("rev"),
+            found = True
+            rows.append({"seed": int(seed), "experiment": record.get("Experiment") or rev,
                          "model": stage, "best_val_accuracy": validation, "test_accuracy": test})
-        seen.add(seed)
+        if found:
+            seen.add(seed)
     return pd.DataFrame(rows, columns=["seed", "experiment", "model", *(key for key, _ in SCORES)])
 
 
@@ -86,6 +101,8 @@ def spread(scores: pd.DataFrame) -> pd.DataFrame:
         summary.columns = [f"{key}_{c}" if c != "count" else f"{key}_seeds" for c in summary.columns]
         parts.append(summary)
     table = pd.concat(parts, axis=1).reset_index()
+    for key, _ in SCORES:
+        table[f"{key}_seeds"] = table[f"{key}_seeds"].fillna(0).astype(int)
     return table.sort_values("model", key=lambda m: m.map(order)).reset_index(drop=True)
 
 
@@ -105,13 +122,13 @@ def seeds_markdown(scores: pd.DataFrame, table: pd.DataFrame) -> str:
         cells = []
         for key, _ in SCORES:
             n = getattr(row, f"{key}_seeds")
-            if not n or math.isnan(n):
+            if not n:
                 cells.append("-")
                 continue
             std = getattr(row, f"{key}_std")
             std_text = "-" if math.isnan(std) else f"{std:.3f}"
             cells.append(f"{getattr(row, f'{key}_mean'):.3f} +/- {std_text} ({getattr(row, f'{key}_min'):.3f}-{getattr(row, f'{key}_max'):.3f})")
-        count = max(int(getattr(row, f"{key}_seeds") or 0) for key, _ in SCORES)
+        count = max(getattr(row, f"{key}_seeds") for key, _ in SCORES)
         lines.append(f"| {row.model} | {count} | " + " | ".join(cells) + " |")
     lines += ["", "## Every seed", "", "| Seed | Model | Validation accuracy | Test accuracy |", "| ---: | :--- | ---: | ---: |"]
     for row in scores.sort_values(["seed", "model"]).itertuples(index=False):
@@ -122,23 +139,40 @@ def seeds_markdown(scores: pd.DataFrame, table: pd.DataFrame) -> str:
 
 
 def experiment_records(repo: Path) -> list[dict]:
-    """Every experiment of the workspace's commit, as ``dvc.api.exp_show`` lists them (workspace row left out)."""
+    """Every experiment of the workspace's commit, as ``dvc.api.exp_show`` lists them (not the workspace row)."""
     import dvc.api  # slow to import: only when reading experiments
 
     try:
         rows = dvc.api.exp_show(repo=str(repo))
-    except Exception as err:  # DVC raises its own kinds; the message says what went wrong
+    except Exception as err:  # DVC raises its own kinds; its message says what went wrong
         raise SeedReportError(f"cannot list the DVC experiments of {repo}: {err}") from err
-    return [row for row in rows if row.get("Experiment") or (row.get("rev") not in ("workspace", None) and row.get("typ") == "branch_commit")]
+    return [row for row in rows if row.get("rev") not in (None, "workspace")]
 
 
-def write_seed_report(records: Iterable[Mapping[str, object]], out_dir: Path, seeds: Sequence[int] | None = None) -> pd.DataFrame:
+def git_reader(repo: Path) -> Reader:
+    """Reads a JSON file as an experiment commit holds it (metrics/ is versioned in Git)."""
+
+    def read(rev: str, path: str) -> dict | None:
+        done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True)
+        if done.returncode != 0:
+            return None
+        try:
+            return json.loads(done.stdout)
+        except json.JSONDecodeError:
+            return None
+
+    return read
+
+
+def write_seed_report(
+    records: Iterable[Mapping[str, object]], read: Reader, out_dir: Path, seeds: Sequence[int] | None = None
+) -> pd.DataFrame:
     """Writes ``seeds.md`` and ``seeds.csv`` into ``out_dir`` from experiment rows.
 
     Raises:
         SeedReportError: no experiment with model metrics (for the seeds asked).
     """
-    scores = scores_by_seed(records)
+    scores = scores_by_seed(records, read)
     if seeds is not None:
         scores = scores[scores["seed"].isin(seeds)]
     if scores.empty:
@@ -163,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated seeds to count (all by default)")
     args = parser.parse_args(argv)
     try:
-        table = write_seed_report(experiment_records(args.repo), args.out, args.seeds)
+        table = write_seed_report(experiment_records(args.repo), git_reader(args.repo), args.out, args.seeds)
     except SeedReportError as err:
         raise SystemExit(f"seeds: {err}") from None
     print((args.out / "seeds.md").read_text(encoding="utf-8"))
