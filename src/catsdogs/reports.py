@@ -248,7 +248,7 @@ def uncertainty_markdown(uncertainty: Uncertainty, *, settings_hint: str = "eval
         f"Accuracy intervals are Wilson score intervals; ROC AUC intervals a seeded bootstrap over the photos. "
         "The Brier score is the mean squared error of P(dog); the expected calibration error (ECE) the "
         "photo-weighted gap between P(dog) and the share of dogs over ten bins of P(dog): 0 when a "
-        "probability of 0.8 is right 80 % of the time. figures/reliability.png draws it.",
+        "probability of 0.8 is right 80 % of the time (figures/reliability.png draws it for the test split).",
         "",
         markdown_table(header, rows, "l" + "r" * (len(header) - 1)),
         "",

@@ -129,7 +129,8 @@ def _train_on_augmented_photos(
         validation = make_dataset(data_dir / "validation", image_size=size, batch_size=settings.batch_size, shuffle=False, seed=seed)
         example = None
     else:
-        validation = precomputed_validation(model, features_dir, frozen_layer, settings.batch_size)
+        with model.distribute_strategy.scope():  # the top shares the model's (maybe mirrored) layers
+            validation = precomputed_validation(model, features_dir, frozen_layer, settings.batch_size)
         example = one_validation_photo(data_dir, params)
     return train_and_record(
         stage, model, train, validation, settings,
