@@ -153,17 +153,23 @@ GIT_ENV = {
 }
 
 
-def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Runs a command with the test interpreter's bin folder first on PATH."""
+def command_env(**env: str) -> dict[str, str]:
+    """The environment :func:`run` gives a command: the test interpreter's bin
+    folder first on PATH, and no tracking store unless ``env`` names one."""
     full_env = {
         **os.environ, **GIT_ENV, **env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "DVC_NO_ANALYTICS": "1",
     }
-    if "MLFLOW_TRACKING_URI" not in env:  # only a test that names a store gets one
+    if "MLFLOW_TRACKING_URI" not in env:
         full_env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=900)
+    return full_env
+
+
+def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """Runs a command in :func:`command_env` and fails with its output if it fails."""
+    done = subprocess.run(cmd, cwd=cwd, env=command_env(**env), capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done
