@@ -167,9 +167,19 @@ def command_env(**env: str) -> dict[str, str]:
     return full_env
 
 
-def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    """Runs a command in :func:`command_env` and fails with its output if it fails."""
-    done = subprocess.run(cmd, cwd=cwd, env=command_env(**env), capture_output=True, text=True, timeout=900)
+def run(cmd: list[str], cwd: Path, *, log: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Runs a command in :func:`command_env` and fails with its output if it fails.
+
+    Its output is captured, or written to ``log`` when given: a command that
+    leaves processes behind holding its output (``dvc queue start``) would
+    keep a capturing pipe open until they exit.
+    """
+    if log is None:
+        done = subprocess.run(cmd, cwd=cwd, env=command_env(**env), capture_output=True, text=True, timeout=900)
+    else:
+        with log.open("w") as out:
+            done = subprocess.run(cmd, cwd=cwd, env=command_env(**env), stdout=out, stderr=subprocess.STDOUT, timeout=900)
+        done.stdout, done.stderr = log.read_text(), ""
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done

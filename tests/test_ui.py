@@ -9,12 +9,16 @@ Screenshots are kept in ``test-artifacts/`` at the repo root.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import html.parser
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -23,7 +27,7 @@ from mlflow.entities import Metric, Param
 
 from catsdogs import tracking, ui
 
-from conftest import ROOT, free_port, running_server
+from conftest import ROOT, free_port, running_server, stop_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +96,87 @@ def render(url: str, screenshot: Path, profile: Path) -> str:
     return " ".join(parser.parts)
 
 
+def _onto_fds_3_and_4(reads: int, writes: int) -> None:
+    # Chromium's --remote-debugging-pipe reads commands on fd 3 and answers on fd 4.
+    reads, writes = os.dup(reads), os.dup(writes)
+    os.dup2(reads, 3)
+    os.dup2(writes, 4)
+
+
+class DevTools:
+    """Headless Chromium driven over ``--remote-debugging-pipe`` (the DevTools protocol,
+    NUL-terminated JSON messages), for pages that need a click before the screenshot."""
+
+    def __init__(self, profile: Path) -> None:
+        to_browser, self._commands = os.pipe()
+        self._answers, from_browser = os.pipe()
+        flags = [flag for flag in CHROMIUM_FLAGS if not flag.startswith("--virtual-time-budget")]
+        self.process = subprocess.Popen(
+            [chromium(), *flags, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=lambda: _onto_fds_3_and_4(to_browser, from_browser),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        os.close(to_browser)
+        os.close(from_browser)
+        self._pending = b""
+        self._last_id = 0
+        page = next(t for t in self._send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self._session = self._send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+
+    def _send(self, method: str, session: str | None = None, **params) -> dict:
+        self._last_id += 1
+        message = {"id": self._last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._pending:
+                chunk = os.read(self._answers, 1 << 20)
+                if not chunk:
+                    pytest.fail(f"Chromium exited during {method}")
+                self._pending += chunk
+            raw, self._pending = self._pending.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self._last_id:
+                if "error" in answer:
+                    pytest.fail(f"Chromium refused {method}: {answer['error']}")
+                return answer["result"]
+
+    def page(self, method: str, **params) -> dict:
+        """Sends a command to the page."""
+        return self._send(method, self._session, **params)
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page."""
+        return self.page("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str, ready_text: str, height: int = 1200) -> None:
+        """Loads ``url`` in a 1600 px wide window and waits until the page's text holds ``ready_text``."""
+        self.page("Emulation.setDeviceMetricsOverride", width=1600, height=height, deviceScaleFactor=1, mobile=False)
+        self.page("Page.navigate", url=url)
+        self.wait_for(ready_text)
+
+    def wait_for(self, text: str) -> str:
+        """Waits until the page's visible text holds ``text``; returns that text."""
+        deadline = time.monotonic() + BROWSER_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            shown = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            if text in shown:
+                return shown
+            time.sleep(0.5)
+        pytest.fail(f"the page never showed {text!r}; it said: {shown[:1500]}")
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.page("Page.captureScreenshot", format="png")["data"]))
+        print(f"\nscreenshot: {path}")
+
+    def close(self) -> None:
+        stop_process_group(self.process)
+        os.close(self._commands)
+        os.close(self._answers)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A project store with one finished run per stage, logging per-epoch and summary metrics."""
@@ -114,26 +199,33 @@ def store(tmp_path_factory):
     return {"root": root, "experiment_id": experiment_id, "runs": runs}
 
 
-@pytest.fixture(scope="module")
-def ui_server(store, tmp_path_factory):
-    """The UI over the store, as `catsdogs ui` starts it; stopped after the tests."""
+@contextlib.contextmanager
+def ui_over(root: Path, log_dir: Path) -> Iterator[str]:
+    """Runs the UI over a project's store, as `catsdogs ui` starts it; yields its URL."""
     port = free_port()
     with pytest.MonkeyPatch.context() as mp:
         # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: an earlier test's store.
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        command = ui.ui_command(store["root"], port=port)
+        command = ui.ui_command(root, port=port)
     env = {**os.environ, **ui.UI_ENVIRONMENT, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     url = f"http://127.0.0.1:{port}"
     with running_server(
         command,
-        cwd=store["root"],
+        cwd=root,
         env=env,
         ready_url=f"{url}/health",
         name="mlflow ui",
-        log_path=tmp_path_factory.mktemp("ui") / "ui.log",
+        log_path=log_dir / "ui.log",
         timeout=START_TIMEOUT_SECONDS,
     ):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ui_server(store, tmp_path_factory):
+    """The UI over the store; stopped after the tests."""
+    with ui_over(store["root"], tmp_path_factory.mktemp("ui")) as url:
         yield url
 
 
