@@ -21,8 +21,9 @@ experiment that failed, or a seed run twice, counts once or not at all.
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
+import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
