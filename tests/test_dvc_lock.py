@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,22 @@ def file_md5(path: Path) -> str:
 
 def _declared(items: list) -> list[str]:
     return [item if isinstance(item, str) else next(iter(item)) for item in items]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``2e-05`` (no dot) is a string; DVC writes
+    dvc.lock as YAML 1.2, where it is the float in params.yaml's ``0.00002``."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load(path: Path) -> Any:
+    return yaml.load(path.read_text(), Loader=_Yaml12Loader)
 
 
 def _param_value(params: dict, key: str) -> Any:
@@ -54,8 +71,8 @@ def lock_mismatches(root: Path) -> list[str]:
     if not lock_path.is_file():
         return [f"{lock_path} is missing: {REMAKE}"]
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    locked = yaml.safe_load(lock_path.read_text()).get("stages", {})
+    params = _load(root / "params.yaml")
+    locked = _load(lock_path).get("stages", {})
     made = {path for stage in pipeline.values() for kind in ("outs", "metrics", "plots") for path in _declared(stage.get(kind, []))}
     problems = []
     for name, stage in pipeline.items():
