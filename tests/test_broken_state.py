@@ -64,15 +64,7 @@ def test_missing_bottleneck_features_say_which_stage_makes_them(tmp_path):
     [
         "truncated",
         "garbage",
-        pytest.param(
-            "no features",
-            # Strict: passes (and so fails as XPASS) the moment the fix lands; then drop this mark.
-            marks=pytest.mark.xfail(
-                strict=True, raises=KeyError,
-                reason="regression since d3d80bd: load_features looks its keys up outside _read's try, "
-                "so an .npz without 'features' raises a bare KeyError; fix in src/catsdogs/bottleneck.py",
-            ),
-        ),
+        "no features",
     ],
 )
 def test_corrupt_bottleneck_features_name_the_file_and_the_commands(tmp_path, damage):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -131,3 +132,30 @@ def test_same_seed_same_metrics(tmp_path, small_dataset, monkeypatch):
     a = pd.read_csv(tmp_path / "a" / "plots" / "scratch_cnn" / "history.csv")
     b = pd.read_csv(tmp_path / "b" / "plots" / "scratch_cnn" / "history.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.slow
+def test_augmented_cnn_can_start_from_the_trained_regularized_cnn(tmp_path, small_dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    keras.utils.set_random_seed(123)  # other weights than the stage's seed gives a fresh model
+    source = build_regularized_cnn(48)
+    (tmp_path / "models").mkdir()
+    source.save(tmp_path / "models" / "regularized_cnn.keras")
+    # A learning rate too small to move a weight: the saved model is where training started.
+    params = tiny_params(**{"augmented_cnn.initial_weights": "regularized_cnn", "augmented_cnn.epochs": 1,
+                            "augmented_cnn.learning_rate": 1e-12})
+    outputs = outputs_in(tmp_path, "augmented_cnn")
+
+    train_cnn("augmented_cnn", params, data_dir=small_dataset, outputs=outputs, models_dir=tmp_path / "models")
+
+    trained = keras.saving.load_model(outputs.model)
+    for ours, theirs in zip(trained.get_weights(), source.get_weights()):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    keras.utils.set_random_seed(params.base.seed)
+    fresh = build_regularized_cnn(48)
+    assert not all(np.allclose(a, b, atol=1e-6) for a, b in zip(trained.get_weights(), fresh.get_weights()))
+    _, (run,) = run_of(tmp_path, "augmented_cnn")
+    assert run.data.params["augmented_cnn.initial_weights"] == "regularized_cnn"
+    digest = hashlib.sha256((tmp_path / "models" / "regularized_cnn.keras").read_bytes()).hexdigest()
+    assert run.data.tags["augmented_cnn.initial_weights.sha256"] == digest

@@ -87,3 +87,15 @@ def test_params_yaml_has_every_section_it_documents():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     # Round trip: what is committed parses without falling back on hidden defaults for whole sections.
     assert set(raw) >= {"base", "download", "build_small_dataset"}
+
+
+@pytest.mark.parametrize(
+    "key, good",
+    [("augmented_cnn.initial_weights", ("none", "regularized_cnn")), ("vgg16_augmented.initial_head", ("none", "vgg16_features"))],
+)
+def test_warm_start_sources_are_checked(key, good):
+    section, name = key.split(".")
+    for value in good:
+        assert getattr(getattr(parse_params({section: {name: value}}), section), name) == value
+    with pytest.raises(ParamsError, match=rf"{key}: unknown value 'scratch_cnn'; allowed: {', '.join(good)}"):
+        parse_params({section: {name: "scratch_cnn"}})

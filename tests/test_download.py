@@ -13,6 +13,7 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -74,7 +75,7 @@ def make_folder(root: Path, entries: dict[str, bytes]) -> Path:
 
 
 def listing(out: Path) -> dict[str, set[str]]:
-    return {d.name: {f.name for f in d.iterdir()} for d in out.iterdir()}
+    return {d.name: {f.name for f in d.iterdir()} for d in out.iterdir() if d.is_dir()}
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -192,6 +193,13 @@ def test_kaggle_zip_is_normalised_to_cat_and_dog_folders(tmp_path: Path) -> None
     assert listing(tmp_path / "raw") == {"cat": {"cat.1.jpg", "cat.2.jpg"}, "dog": {"dog.1.jpg"}}
     assert (tmp_path / "raw/cat/cat.2.jpg").read_bytes() == KAGGLE["train/cat.2.jpg"]
     assert leftovers(tmp_path) == []
+    # The manifest the later stages depend on: every photo, its size and digest.
+    manifest = pd.read_csv(tmp_path / "raw" / "manifest.csv")
+    assert list(manifest.columns) == ["label", "filename", "bytes", "sha256"]
+    assert manifest[["label", "filename"]].values.tolist() == [["cat", "cat.1.jpg"], ["cat", "cat.2.jpg"], ["dog", "dog.1.jpg"]]
+    for row in manifest.itertuples():
+        data = (tmp_path / "raw" / row.label / row.filename).read_bytes()
+        assert (row.bytes, row.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
 def test_microsoft_zip_copies_every_jpg_name_but_not_thumbs_db(tmp_path: Path) -> None:

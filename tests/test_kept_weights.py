@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
 from catsdogs.config import ParamsError, parse_params
+from catsdogs.resume import EpochCheckpoint, ResumeState
 from catsdogs.training import PrecomputedValidation, fit, summarize
 
 
@@ -44,13 +46,18 @@ class WeightsPerEpoch(keras.callbacks.Callback):
         self.weights.append([w.copy() for w in self.model.get_weights()])
 
 
-def _train(keep: str):
+def _flipped_data() -> tuple[tf.data.Dataset, tf.data.Dataset]:
     images, labels = _photos(64, 0)
     val_images, val_labels = _photos(32, 1)
     # Validation labels flipped: the better the model learns, the worse its
     # validation, so the best epoch by validation is the first, not the last.
     train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
     validation = tf.data.Dataset.from_tensor_slices((val_images, 1 - val_labels)).batch(8)
+    return train, validation
+
+
+def _train(keep: str):
+    train, validation = _flipped_data()
     model = _model()
     recorder = WeightsPerEpoch()
     result = fit(model, train, validation, epochs=4, train_images=64, batch_size=8, callbacks=[recorder], verbose=0, keep=keep)
@@ -72,6 +79,43 @@ def test_the_model_ends_with_the_kept_epochs_weights(keep):
     if keep == "best_val_loss":
         assert expected < 4, history  # the flipped validation makes the last epoch not the best
         assert not all(np.array_equal(a, b) for a, b in zip(recorder.weights[-1], model.get_weights()))
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Ends fit after ``epochs`` epochs, as a stop signal between epochs would."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            self.model.stop_training = True
+
+
+def test_a_resumed_fit_keeps_the_best_epoch_of_the_stopped_attempt(tmp_path):
+    keep = "best_val_loss"
+    whole_model, _, whole = _train(keep)
+    # Else the best epoch would come after the stop and the test prove nothing.
+    assert whole.kept_epoch <= 2, whole.history
+
+    state = ResumeState(tmp_path, "toy", "key")
+    with state:
+        train, validation = _flipped_data()
+        fit(_model(), train, validation, epochs=4, train_images=64, batch_size=8, verbose=0, keep=keep,
+            callbacks=[EpochCheckpoint(state, None, None), StopAfter(2)])
+    with state:
+        model = _model()
+        restored = state.restore(model)
+        assert restored.epochs_done == 2 and restored.kept is not None and restored.kept.epoch + 1 == whole.kept_epoch
+        train, validation = _flipped_data()
+        resumed = fit(model, train, validation, epochs=4, train_images=64, batch_size=8, verbose=0, keep=keep,
+            callbacks=[EpochCheckpoint(state, restored, None)], resumed=restored)
+
+    assert resumed.kept_epoch == whole.kept_epoch
+    pd.testing.assert_frame_equal(resumed.history, whole.history)
+    for ours, theirs in zip(model.get_weights(), whole_model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_keep_is_checked_in_params():

@@ -143,3 +143,23 @@ def test_saved_models_load_back_and_predict_the_same(tmp_path: Path) -> None:
     loaded_vgg = keras.saving.load_model(tmp_path / "vgg16.keras")
     # Only built-in layers: the file loads where catsdogs is not installed (MLflow serving).
     assert type(loaded_vgg.get_layer("imagenet_preprocessing")) is keras.layers.Conv2D
+
+
+def test_start_from_copies_an_earlier_stages_weights_or_says_what_to_run(tmp_path) -> None:
+    keras.utils.set_random_seed(5)
+    trained = models.build_regularized_cnn(48)
+    path = tmp_path / "regularized_cnn.keras"
+    with pytest.raises(models.WarmStartError, match=r"augmented_cnn.initial_weights=regularized_cnn: .*regularized_cnn.keras not found; run `dvc repro regularized_cnn`"):
+        models.start_from(trained, "augmented_cnn.initial_weights", "regularized_cnn", path)
+    trained.save(path)
+
+    keras.utils.set_random_seed(6)
+    model = models.build_regularized_cnn(48)
+    tags = models.start_from(model, "augmented_cnn.initial_weights", "regularized_cnn", path)
+    for ours, theirs in zip(model.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    assert list(tags) == ["augmented_cnn.initial_weights.sha256"] and len(tags["augmented_cnn.initial_weights.sha256"]) == 64
+
+    # Trained at another image size: the dense layer's shape differs.
+    with pytest.raises(models.WarmStartError, match=r"does not fit this model.*dvc repro regularized_cnn"):
+        models.start_from(models.build_regularized_cnn(64), "augmented_cnn.initial_weights", "regularized_cnn", path)

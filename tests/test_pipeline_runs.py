@@ -59,7 +59,7 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dvc.exp_name` = 'one-epoch'")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`dvc.exp_name` = 'one-epoch' and tags.`dvc.stage` = 'scratch_cnn'")
     assert len(runs) == 1
     assert runs[0].data.tags["dvc.stage"] == "scratch_cnn"
     assert runs[0].data.tags["precision"] == "float32" and runs[0].data.tags["device"].startswith("CPU")

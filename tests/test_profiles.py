@@ -37,6 +37,8 @@ def test_book_profile_is_the_chapters_settings():
         assert settings.optimizer == "rmsprop", stage
     assert params.fine_tune.trainable_from == "block4_conv1"  # blocks 4 and 5
     assert params.fine_tune.initial_head == "vgg16_augmented"
+    # The chapter trains these two from fresh weights; the default profile warm-starts them.
+    assert params.augmented_cnn.initial_weights == "none" and params.vgg16_augmented.initial_head == "none"
     assert params.vgg16.preprocessing == "rescale"  # inputs scaled to [0, 1]
 
 

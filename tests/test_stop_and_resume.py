@@ -41,6 +41,7 @@ def make_project(folder: Path, stage: str, per_class: int, **settings) -> Path:
     for section, values in TINY_PARAMS.items():
         params.setdefault(section, {}).update(values)
     params[stage].update({"epochs": EPOCHS, **settings})
+    params["augmented_cnn"]["initial_weights"] = "none"  # no regularized_cnn model in this folder
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (folder / "dvc.yaml").write_text("stages: {}\n")  # marks the project root
     write_split_folders(folder / "data" / "small", {"train": per_class, "validation": 6, "test": 2})
@@ -51,6 +52,7 @@ def stage_command(stage: str) -> list[str]:
     return [
         sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", "params.yaml", "--data", "data/small",
         "--model", f"models/{stage}.keras", "--metrics", f"metrics/training/{stage}.json", "--plots", f"plots/{stage}",
+        *(["--models", "models"] if stage == "augmented_cnn" else []),
     ]
 
 

@@ -58,7 +58,7 @@ def test_two_experiments_at_once_log_every_epoch_of_both(store, repo_copy, reque
     logs = {name: run(["dvc", "queue", "logs", name], repo_copy, **env).stdout for name in epochs}
     for name in epochs:
         assert "database is locked" not in logs[name], logs[name][-3000:]
-        assert [line for line in status.splitlines() if name in line][0].split()[-1] == "Success", status
+        assert [line for line in status.splitlines() if name in line][0].split()[-1] == "Success", f"{status}\n{name}'s log:\n{logs[name][-6000:]}"
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)

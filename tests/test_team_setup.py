@@ -1,7 +1,8 @@
-"""The team setup with the real engines: a stage logs to the MLflow server
-that ``make server`` started on PostgreSQL, its artifacts land in SeaweedFS's
-S3, ``catsdogs predict``, ``make ui`` and ``make serve`` use the server, and
-DVC's outputs go through an S3 remote to a second clone that retrains nothing."""
+"""The team setup with the real engines: a whole ``dvc repro`` logs to the
+MLflow server that ``make server`` started on PostgreSQL, its artifacts land
+in SeaweedFS's S3, ``evaluate`` sets the champion there, ``catsdogs
+predict``, ``make ui`` and ``make serve`` use the server, and DVC's outputs
+go through an S3 remote to a second clone that retrains nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 import requests
 
+from catsdogs.config import TRAINING_STAGES
 from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 
 from conftest import GIT_ENV, ROOT, free_port, make_repo_copy, run, running_server
@@ -26,9 +28,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained_on_server(team_engines, mirror_sample_zip, tmp_path_factory):
-    """A repo copy whose ``dvc repro scratch_cnn`` logged to the team server."""
+    """A repo copy whose whole ``dvc repro`` (tiny data) logged to the team server."""
     copy = make_repo_copy(tmp_path_factory.mktemp("team") / "repo", mirror_sample_zip)
-    run(["dvc", "repro", "scratch_cnn"], copy, MLFLOW_TRACKING_URI=team_engines.tracking_uri)
+    run(["dvc", "repro"], copy, MLFLOW_TRACKING_URI=team_engines.tracking_uri)
     commit = run(["git", "rev-parse", "HEAD"], copy).stdout.strip()
     client = mlflow.MlflowClient(tracking_uri=team_engines.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
@@ -64,6 +66,25 @@ def test_a_stage_logs_its_run_metrics_and_registered_version_to_the_server(train
     assert stage_run.data.metrics["best_val_accuracy"] == pytest.approx(summary["best_val_accuracy"])
     version = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "scratch_cnn")
     assert version.run_id == stage_run.info.run_id
+
+
+def test_the_whole_study_is_recorded_on_the_server(trained_on_server):
+    copy, stage_run, client = trained_on_server
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`git.commit` = '{stage_run.data.tags['git.commit']}'")
+    by_stage = {run.data.tags["dvc.stage"]: run for run in runs if "dvc.stage" in run.data.tags}
+    assert set(by_stage) == {*TRAINING_STAGES, "evaluate"}, sorted(by_stage)
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    # One parent run for the repro holds every stage's run.
+    parents = {run.data.tags["mlflow.parentRunId"] for run in by_stage.values()}
+    assert len(parents) == 1 and parents <= {run.info.run_id for run in runs}
+    # evaluate logged each model's test scores to its run and moved @champion to the winner.
+    headline = {stage: json.loads((copy / "metrics" / f"{stage}.json").read_text()) for stage in TRAINING_STAGES}
+    for stage in TRAINING_STAGES:
+        run_ = by_stage[stage]
+        assert run_.data.metrics["test_accuracy"] == pytest.approx(headline[stage]["test_accuracy"], abs=1e-6), stage
+    (winner,) = [stage for stage in TRAINING_STAGES if headline[stage]["champion"]]
+    assert client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "champion").run_id == by_stage[winner].info.run_id
 
 
 def test_artifacts_are_proxied_into_s3(trained_on_server, team_engines):
@@ -140,11 +161,11 @@ def test_dvc_push_to_s3_and_pull_into_a_second_clone_retrains_nothing(trained_on
     run(["dvc", "remote", "modify", "--local", "team", "access_key_id", keys["AWS_ACCESS_KEY_ID"]], copy)
     run(["dvc", "remote", "modify", "--local", "team", "secret_access_key", keys["AWS_SECRET_ACCESS_KEY"]], copy)
     run(["git", "add", "-A"], copy)
-    run(["git", "commit", "-qm", "scratch_cnn trained"], copy)
+    run(["git", "commit", "-qm", "the study trained"], copy)
     tracked = run(["git", "ls-files"], copy).stdout
     assert ".dvc/config.local" not in tracked
     assert keys["AWS_SECRET_ACCESS_KEY"] not in (copy / ".dvc" / "config").read_text()
-    run(["dvc", "push", "-r", "team", "scratch_cnn", "--with-deps"], copy)
+    run(["dvc", "push", "-r", "team"], copy)
     assert team_engines.keys("dvc/"), "nothing reached the S3 remote"
 
     clone = tmp_path / "clone"
@@ -152,8 +173,8 @@ def test_dvc_push_to_s3_and_pull_into_a_second_clone_retrains_nothing(trained_on
     # The second member gives the credentials through the environment instead.
     run(["dvc", "remote", "add", "--local", "team", f"s3://{team_engines.bucket}/dvc"], clone)
     run(["dvc", "remote", "modify", "--local", "team", "endpointurl", endpoint], clone)
-    run(["dvc", "pull", "-r", "team", "scratch_cnn", "--with-deps"], clone, **keys)
-    status = json.loads(run(["dvc", "status", "--json", "scratch_cnn", "--with-deps"], clone).stdout)
+    run(["dvc", "pull", "-r", "team"], clone, **keys)
+    status = json.loads(run(["dvc", "status", "--json"], clone).stdout)
     assert status == {}, status
     assert sha256(clone / "models" / "scratch_cnn.keras") == sha256(copy / "models" / "scratch_cnn.keras")
     assert sha256(clone / "data" / "small" / "manifest.csv") == sha256(copy / "data" / "small" / "manifest.csv")
@@ -163,7 +184,7 @@ def test_dvc_push_to_s3_and_pull_into_a_second_clone_retrains_nothing(trained_on
     assert shown[0] == shown[1]
 
     runs_before = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id]))
-    again = run(["dvc", "repro", "scratch_cnn"], clone, MLFLOW_TRACKING_URI=team_engines.tracking_uri)
+    again = run(["dvc", "repro"], clone, MLFLOW_TRACKING_URI=team_engines.tracking_uri)
     assert "Running stage" not in again.stdout, again.stdout
     runs_after = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT_NAME).experiment_id]))
     assert runs_after == runs_before

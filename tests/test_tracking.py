@@ -253,8 +253,16 @@ def test_missing_manifest_is_a_clear_error(project, monkeypatch):
             pass
 
 
-def test_git_tags_see_code_edits_but_not_params(tmp_path):
-    commit = make_repo(tmp_path)
+def test_git_tags_see_code_edits_but_not_params_or_committed_results(tmp_path):
+    make_repo(tmp_path)
+    for name in ("metrics/scratch_cnn.json", "plots/scratch_cnn/history.csv", "dvc.lock"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("old\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "results")
+    commit = git(tmp_path, "rev-parse", "HEAD")
+    for name in ("metrics/scratch_cnn.json", "plots/scratch_cnn/history.csv", "dvc.lock"):
+        (tmp_path / name).write_text("new\n")
     (tmp_path / "params.yaml").write_text("lr: 0.5\n")
     (tmp_path / "new_output.bin").write_bytes(b"\0")
     assert tracking.git_tags(tmp_path) == {"git.commit": commit, "git.code_dirty": "false"}

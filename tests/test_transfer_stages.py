@@ -3,7 +3,9 @@ of each stage end to end with its DVC outputs and MLflow run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 
 import keras
 import mlflow
@@ -89,11 +91,13 @@ def test_vgg16_stages_end_to_end(tmp_path, small_dataset, params, monkeypatch):
             params, features_dir=tmp_path / "features", data_dir=small_dataset,
             outputs=outputs_in(tmp_path, "vgg16_features"),
         ),
-        "vgg16_augmented": train_vgg16_augmented(
-            params, data_dir=small_dataset, outputs=outputs_in(tmp_path, "vgg16_augmented"),
-            features_dir=tmp_path / "features",
-        ),
     }
+    # The default profile's way: vgg16_augmented starts from vgg16_features' trained head.
+    head_start = replace(params, vgg16_augmented=replace(params.vgg16_augmented, initial_head="vgg16_features"))
+    results["vgg16_augmented"] = train_vgg16_augmented(
+        head_start, data_dir=small_dataset, outputs=outputs_in(tmp_path, "vgg16_augmented"),
+        features_dir=tmp_path / "features", models_dir=tmp_path / "models",
+    )
     results["fine_tune"] = fine_tune(
         params, data_dir=small_dataset,
         model_paths={s: tmp_path / "models" / f"{s}.keras" for s in ("vgg16_features", "vgg16_augmented")},
@@ -140,4 +144,10 @@ def test_vgg16_stages_end_to_end(tmp_path, small_dataset, params, monkeypatch):
         f"block{b}_conv{c}" for b in (4, 5) for c in (1, 2, 3)
     ]
     assert fine.data.params["fine_tune.initial_head"] == "vgg16_augmented"
+    # Each warm start names the very file it started from.
+    augmented = client.get_run(client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "vgg16_augmented").run_id)
+    assert augmented.data.params["vgg16_augmented.initial_head"] == "vgg16_features"
+    for run_, param, source in ((augmented, "vgg16_augmented.initial_head", "vgg16_features"), (fine, "fine_tune.initial_head", "vgg16_augmented")):
+        digest = hashlib.sha256((tmp_path / "models" / f"{source}.keras").read_bytes()).hexdigest()
+        assert run_.data.tags[f"{param}.sha256"] == digest, param
     assert head_of_augmented is not None

@@ -15,6 +15,8 @@ anything is written, and the output appears all at once or not at all.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 import shutil
 import stat
@@ -232,11 +234,36 @@ def _swap_into_place(new: Path, out_dir: Path) -> None:
     shutil.rmtree(old)
 
 
+RAW_MANIFEST = "manifest.csv"
+RAW_MANIFEST_COLUMNS = ("label", "filename", "bytes", "sha256")
+
+
+def write_raw_manifest(folder: Path, photos: list[PlannedPhoto]) -> None:
+    """Lists every photo written under ``folder`` with its size and SHA-256.
+
+    The stages that read the raw photos depend on this one file rather than
+    on the 8,000 photos: DVC then checks one file for them, and the file
+    changes whenever a photo does (``dvc repro`` restores an edited photo
+    through the download stage, whose output the folder is).
+    """
+    rows = []
+    for photo in sorted(photos, key=lambda p: (p.label, p.name)):
+        path = folder / photo.label / photo.name
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        rows.append((photo.label, photo.name, path.stat().st_size, digest))
+    with (folder / RAW_MANIFEST).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RAW_MANIFEST_COLUMNS)
+        writer.writerows(rows)
+
+
 def extract_photos(source: str | Path, out_dir: str | Path, *, max_entry_bytes: int) -> dict[str, int]:
     """Copies every cat and dog photo of a zip or folder to ``out_dir/{cat,dog}``.
 
     The photos are written to a temporary folder beside ``out_dir`` that is
     renamed into place at the end: on any error ``out_dir`` is left as it was.
+    ``out_dir/manifest.csv`` lists them (:func:`write_raw_manifest`).
 
     Args:
         source: a zip (Kaggle or Microsoft layout) or a folder extracted from one.
@@ -262,6 +289,7 @@ def extract_photos(source: str | Path, out_dir: str | Path, *, max_entry_bytes: 
             photos = _extract_folder(source, tmp, max_entry_bytes)
         else:
             photos = _extract_zip(source, tmp, max_entry_bytes)
+        write_raw_manifest(tmp, photos)
         _swap_into_place(tmp, out_dir)
     finally:
         # After a successful swap tmp no longer exists; after a failure it

@@ -217,20 +217,23 @@ def check_free_space(path: Path, nbytes: int) -> None:
         )
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
+def _read(path: Path, *keys: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz written by vgg16_bottleneck; ``keys`` must all be there."""
     if not path.is_file():
         raise TransferError(f"{path} not found: run `dvc repro vgg16_bottleneck` first")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            return {key: data[key] for key in (keys or data.files)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise TransferError(
             f"{path} is damaged ({type(err).__name__}: {err}); "
             "run `dvc checkout data/features` to restore it, or `dvc repro -f vgg16_bottleneck` to recompute it"
         ) from err
+
+
 def load_features(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Reads one split's bottleneck features and labels."""
-    data = _read(Path(features_dir) / f"{split}.npz")
+    data = _read(Path(features_dir) / f"{split}.npz", "features", "labels")
     return data["features"], data["labels"]
 
 
@@ -261,10 +264,10 @@ def load_frozen_outputs(features_dir: Path, split: str, layer: str | None) -> Fr
             (vgg16_bottleneck ran with another ``fine_tune.trainable_from``).
     """
     if layer is None:
-        data = _read(Path(features_dir) / f"{split}.npz")
+        data = _read(Path(features_dir) / f"{split}.npz", "features", "labels", "files")
         return FrozenOutputs(data["features"], data["labels"], data["files"], None)
     path = Path(features_dir) / "frozen" / f"{split}.npz"
-    data = _read(path)
+    data = _read(path, "outputs", "labels", "files", "layer")
     if str(data["layer"]) != layer:
         raise TransferError(
             f"{path} holds the outputs of {data['layer']}, not of {layer}: fine_tune.trainable_from changed "

@@ -3,6 +3,7 @@
     catsdogs predict PHOTO_OR_FOLDER... [--model champion] [--format table|csv|json]
     catsdogs request PHOTO... [--model champion] > request.json
     catsdogs ui [--port 5000]
+    catsdogs copy-store --to http://SERVER [--from sqlite:///mlruns/mlflow.db]
 
 --model is an alias of the registered model cats-vs-dogs (champion, the best
 model, or a stage: scratch_cnn, regularized_cnn, augmented_cnn, vgg16_features,
@@ -70,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="browse the tracked runs and registered models in the MLflow UI")
     ui.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     ui.add_argument("--port", type=int, default=5000, help="port to listen on (default: %(default)s)")
+
+    copy = commands.add_parser(
+        "copy-store",
+        help="copy the project's MLflow history (runs, models, aliases) into another store, e.g. the team's server",
+        description="Copies every experiment, run (params, metric histories, tags, artifacts, datasets), "
+        "logged model and registered model version with its aliases. Runs copied before are skipped, "
+        "so running it again finishes an interrupted copy.",
+    )
+    copy.add_argument("--to", required=True, dest="target", metavar="URI", help="the store to write, e.g. http://127.0.0.1:5005")
+    copy.add_argument("--from", dest="source", metavar="URI",
+                      help="the store to read (default: the project's sqlite:///.../mlruns/mlflow.db)")
     return parser
 
 
@@ -90,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 all photos predicted, 1 some failed, 2 usage error.
     """
     args = build_parser().parse_args(argv)
-    commands = {"predict": _predict, "request": _request, "ui": _ui}
+    commands = {"predict": _predict, "request": _request, "ui": _ui, "copy-store": _copy_store}
     try:
         return commands[args.command](args)
     except CatsDogsError as err:
@@ -160,6 +172,18 @@ def _request(args: argparse.Namespace) -> int:
         return EXIT_SOME_FAILED
     json.dump(body, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def _copy_store(args: argparse.Namespace) -> int:
+    from catsdogs import store_copy, tracking
+
+    root = tracking.project_root()
+    source = args.source or f"sqlite:///{root / tracking.STORE_DIR / 'mlflow.db'}"
+    if args.source is None and not (root / tracking.STORE_DIR / "mlflow.db").is_file():
+        raise store_copy.StoreCopyError(f"{root / tracking.STORE_DIR / 'mlflow.db'} not found: nothing to copy (give --from)")
+    summary = store_copy.copy_store(source, args.target, say=lambda line: print(f"{PROG} copy-store: {line}", file=sys.stderr))
+    print(f"{PROG} copy-store: {source} -> {args.target}: {summary}")
     return EXIT_OK
 
 

@@ -24,7 +24,9 @@ ARCHITECTURES: dict[str, Callable[[int], keras.Model]] = {
 AUGMENTED = frozenset({"augmented_cnn"})
 
 
-def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutputs) -> dict:
+def train_cnn(
+    stage: str, params: Params, *, data_dir: Path, outputs: StageOutputs, models_dir: Path = Path("models")
+) -> dict:
     """Trains one from-scratch CNN stage on ``data_dir`` and records it.
 
     Args:
@@ -32,6 +34,8 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
         params: the whole validated params.yaml.
         data_dir: the small dataset (``train/`` and ``validation/`` are used).
         outputs: the stage's DVC outputs.
+        models_dir: where the earlier stages' models are, for
+            ``augmented_cnn.initial_weights``.
 
     Returns:
         The stage's metrics summary.
@@ -56,6 +60,10 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
     )
     with runtime.strategy.scope():
         model = ARCHITECTURES[stage](size)
+        source = getattr(settings, "initial_weights", "none")
+        started = {} if source == "none" else models.start_from(
+            model, f"{stage}.initial_weights", source, models_dir / f"{source}.keras"
+        )
         models.compile_model(model, settings.optimizer, settings.learning_rate)
     return train_and_record(
         stage,
@@ -67,4 +75,5 @@ def train_cnn(stage: str, params: Params, *, data_dir: Path, outputs: StageOutpu
         run_params=stage_params(params, ("base", stage, *(("augmentation",) if stage in AUGMENTED else ())), data_dir),
         manifest=data_dir / "manifest.csv",
         outputs=outputs,
+        extra_tags=started,
     )

@@ -96,6 +96,20 @@ VGG16_LAYERS = (
     "block5_conv1", "block5_conv2", "block5_conv3",
 )
 HEAD_SOURCES = ("none", "vgg16_features", "vgg16_augmented")
+# What a stage may start from instead of fresh weights: "none", or an
+# earlier stage whose trained model (or head) has the same shape.
+AUGMENTED_CNN_STARTS = ("none", "regularized_cnn")
+VGG16_AUGMENTED_HEADS = ("none", "vgg16_features")
+
+
+@dataclass(frozen=True)
+class AugmentedCNNParams(TrainParams):
+    initial_weights: str = "none"  # the chapter starts from fresh weights
+
+
+@dataclass(frozen=True)
+class VGG16AugmentedParams(TrainParams):
+    initial_head: str = "none"  # the chapter trains a fresh head
 
 
 @dataclass(frozen=True)
@@ -130,10 +144,10 @@ class Params:
     augmentation: AugmentationParams = field(default_factory=AugmentationParams)
     scratch_cnn: TrainParams = field(default_factory=TrainParams)
     regularized_cnn: TrainParams = field(default_factory=TrainParams)
-    augmented_cnn: TrainParams = field(default_factory=TrainParams)
+    augmented_cnn: AugmentedCNNParams = field(default_factory=AugmentedCNNParams)
     vgg16: VGG16Params = field(default_factory=VGG16Params)
     vgg16_features: TrainParams = field(default_factory=TrainParams)
-    vgg16_augmented: TrainParams = field(default_factory=TrainParams)
+    vgg16_augmented: VGG16AugmentedParams = field(default_factory=VGG16AugmentedParams)
     fine_tune: FineTuneParams = field(default_factory=FineTuneParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
@@ -265,6 +279,12 @@ def _validate(params: Params) -> None:
         raise _fail("fine_tune.trainable_from", f"unknown layer {tune.trainable_from!r}; allowed: {', '.join(VGG16_LAYERS)}")
     if tune.initial_head not in HEAD_SOURCES:
         raise _fail("fine_tune.initial_head", f"unknown value {tune.initial_head!r}; allowed: {', '.join(HEAD_SOURCES)}")
+    for key, value, allowed in (
+        ("augmented_cnn.initial_weights", params.augmented_cnn.initial_weights, AUGMENTED_CNN_STARTS),
+        ("vgg16_augmented.initial_head", params.vgg16_augmented.initial_head, VGG16_AUGMENTED_HEADS),
+    ):
+        if value not in allowed:
+            raise _fail(key, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
     _positive("evaluate.bootstrap_resamples", params.evaluate.bootstrap_resamples)
     if params.evaluate.extra_test_photos < 0 or params.evaluate.extra_test_photos == 1:
         raise _fail("evaluate.extra_test_photos", f"must be 0 (off) or at least 2, one per class (got {params.evaluate.extra_test_photos!r})")

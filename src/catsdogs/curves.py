@@ -7,12 +7,13 @@ training stages can be compared at a glance in the MLflow UI.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from catsdogs.atomic import write_atomically
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -67,14 +68,6 @@ def plot_learning_curves(history: pd.DataFrame, path: str | Path, title: str) ->
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
     figure = learning_curves_figure(history, title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A half-written PNG must never stand in for the real one: write beside it, then rename.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # A half-written PNG must never stand in for the real one.
+    return write_atomically(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))

@@ -21,8 +21,6 @@ comparison. Detailed statistics (per class, intervals, tests) belong in
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from catsdogs.atomic import write_text_atomically
 from catsdogs import champion, reports, statistics, tracking
 from catsdogs.bottleneck import FrozenOutputs, frozen_part, load_frozen_outputs, saved_frozen_layer, top_from
 from catsdogs.extra_test import load_photos, undrawn_photos
@@ -326,18 +325,8 @@ def training_photos(manifest: Path) -> int:
 
 
 def write_json_atomically(data: dict, path: Path) -> Path:
-    """Writes ``data`` as indented JSON through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Writes ``data`` as indented JSON, whole or not at all."""
+    return write_text_atomically(path, json.dumps(data, indent=2) + "\n")
 
 
 def headline_metrics(evaluation: ModelEvaluation, summary: Mapping[str, object], champion_stage: str) -> dict:

@@ -10,6 +10,7 @@ before building for reproducible initial weights.
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -293,3 +294,43 @@ def load_stage_model_file(path: Path, stage: str) -> keras.Model:
             f"{path} is damaged or not a Keras model ({type(err).__name__}); run `dvc checkout {path}` "
             f"to restore it from the DVC cache, or `dvc repro -f {stage}` to train it again"
         ) from err
+
+
+class WarmStartError(CatsDogsError):
+    """The earlier stage's model a stage starts from is missing or does not fit."""
+
+
+def start_from(target: keras.Model, param: str, source: str, path: Path, part: str | None = None) -> dict[str, str]:
+    """Sets ``target``'s weights to those of an earlier stage's trained model.
+
+    Args:
+        target: the model (or head) to start from those weights.
+        param: the parameter that chose ``source``, for messages
+            (e.g. ``augmented_cnn.initial_weights``).
+        source: the earlier stage.
+        path: its saved ``.keras`` model.
+        part: a layer of that model whose weights to take (e.g. its
+            ``classifier_head``), or None for the whole model.
+
+    Returns:
+        Run tags saying where the weights came from: ``<param>.sha256`` of
+        the file (which also keys a resumed fit to that very model).
+
+    Raises:
+        WarmStartError: the file is missing, or its weights have other
+            shapes (e.g. ``base.image_size`` changed since it was trained).
+        DamagedModelError: the file is not a readable Keras model.
+    """
+    if not path.is_file():
+        raise WarmStartError(f"{param}={source}: {path} not found; run `dvc repro {source}` first")
+    trained = load_stage_model_file(path, source)
+    origin = trained if part is None else trained.get_layer(part)
+    try:
+        target.set_weights(origin.get_weights())
+    except ValueError as err:
+        raise WarmStartError(
+            f"{param}={source}: {path} does not fit this model ({err}); "
+            f"rerun `dvc repro {source}` (base.image_size may have changed since it was trained)"
+        ) from err
+    with path.open("rb") as handle:
+        return {f"{param}.sha256": hashlib.file_digest(handle, "sha256").hexdigest()}

@@ -33,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from catsdogs.atomic import write_atomically
 from catsdogs.inputs import LABELS
 from catsdogs.statistics import BADLY_CALIBRATED_ECE, CONFIDENCE, CONTRADICTS, SIGNIFICANCE, SUPPORTS, reliability_curve
 
@@ -473,15 +474,7 @@ def misclassified_figure(
 
 def save_png(figure: Figure, path: Path, dpi: int = 100) -> Path:
     """Writes a figure as PNG through a temporary file beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        figure.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
 
 
 def write_reports(

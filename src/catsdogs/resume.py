@@ -16,6 +16,8 @@ as one that was never stopped:
   random seed generator (dropout), and every optimizer variable (its step
   count and slots);
 - the history of the completed epochs and the seconds they took;
+- for ``keep: best_*``, the best epoch so far, its monitored value and its
+  weights, which the stopped attempt held only in memory;
 - the position of the input pipeline, which is not saved but replayed:
   :func:`fast_forward` runs the training batches of the completed epochs
   through the pipeline again without training, which advances the shuffle
@@ -77,6 +79,15 @@ def fit_key(stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> s
 
 
 @dataclass(frozen=True)
+class Kept:
+    """The best epoch a ``keep: best_*`` fit has seen so far."""
+
+    value: float  # the monitored validation metric at that epoch
+    epoch: int  # 0-based, as Keras counts
+    weights: list[np.ndarray]  # ``model.get_weights()`` at its end
+
+
+@dataclass(frozen=True)
 class Restored:
     """What a previous attempt left: epochs done, their history and time."""
 
@@ -84,6 +95,7 @@ class Restored:
     history: list[dict[str, float]]
     seconds: float
     run_id: str | None
+    kept: Kept | None = None
 
 
 class ResumeState:
@@ -136,6 +148,9 @@ class ResumeState:
                 meta = json.loads(str(saved["meta"]))
                 model_values = [saved[f"model_{i}"] for i in range(meta["model_variables"])]
                 optimizer_values = [saved[f"optimizer_{i}"] for i in range(meta["optimizer_variables"])]
+                kept = meta.get("kept")
+                if kept is not None:
+                    kept = Kept(kept["value"], kept["epoch"], [saved[f"kept_{i}"] for i in range(kept["weights"])])
         except (OSError, ValueError, KeyError) as err:
             print(f"{self.stage}: ignoring unreadable resume state {self.path} ({err}); training from epoch 1")
             return None
@@ -155,9 +170,17 @@ class ResumeState:
         for variables, values in targets:
             for variable, value in zip(variables, values):
                 variable.assign(value)
-        return Restored(meta["epochs_done"], meta["history"], meta["seconds"], meta.get("run_id"))
+        return Restored(meta["epochs_done"], meta["history"], meta["seconds"], meta.get("run_id"), kept)
 
-    def save(self, model: keras.Model, epochs_done: int, history: list[dict[str, float]], seconds: float, run_id: str | None) -> None:
+    def save(
+        self,
+        model: keras.Model,
+        epochs_done: int,
+        history: list[dict[str, float]],
+        seconds: float,
+        run_id: str | None,
+        kept: Kept | None = None,
+    ) -> None:
         """Writes the state after ``epochs_done`` epochs, atomically."""
         arrays = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
         optimizer_variables = model.optimizer.variables
@@ -170,6 +193,9 @@ class ResumeState:
             "model_variables": len(model.variables),
             "optimizer_variables": len(optimizer_variables),
         }
+        if kept is not None:
+            arrays.update({f"kept_{i}": np.asarray(w) for i, w in enumerate(kept.weights)})
+            meta["kept"] = {"value": float(kept.value), "epoch": int(kept.epoch), "weights": len(kept.weights)}
         with stopping.deferred():
             write_atomically(self.path, lambda tmp: np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays))
 
@@ -189,7 +215,12 @@ class ResumeState:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the resume state at the end of every epoch but the last."""
+    """Saves the resume state at the end of every epoch but the last.
+
+    :attr:`keeper`, when :func:`catsdogs.training.fit` sets it, is the
+    ``keep: best_*`` callback whose best epoch the state carries; it runs
+    before this one, so the epoch just ended is already counted.
+    """
 
     def __init__(self, state: ResumeState, restored: Restored | None, run_id: str | None) -> None:
         super().__init__()
@@ -198,6 +229,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.prior_seconds = restored.seconds if restored else 0.0
         self.run_id = run_id
         self.started = time.perf_counter()
+        self.keeper: keras.callbacks.EarlyStopping | None = None
 
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         self.started = time.perf_counter()
@@ -206,7 +238,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.history.append({key: float(value) for key, value in (logs or {}).items()})
         if epoch + 1 < self.params["epochs"]:
             seconds = self.prior_seconds + time.perf_counter() - self.started
-            self.state.save(self.model, epoch + 1, self.history, seconds, self.run_id)
+            keeper = self.keeper
+            kept = None if keeper is None or keeper.best_weights is None else Kept(keeper.best, keeper.best_epoch, keeper.best_weights)
+            self.state.save(self.model, epoch + 1, self.history, seconds, self.run_id, kept)
 
 
 def fast_forward(train: tf.data.Dataset, epochs_done: int, steps_per_epoch: int | None) -> tf.data.Dataset:

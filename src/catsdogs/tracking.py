@@ -71,7 +71,9 @@ PROBE_TIMEOUT_SECONDS = 5.0
 DATASET_DIGEST_CHARS = 32
 # Files that change with every experiment without being code: a run whose only
 # edits are these still ran the committed code.
-NOT_CODE = ("params.yaml", "dvc.lock")
+# What a run rewrites or an experiment changes, unlike the code: the stages'
+# metrics and plots are versioned in Git beside dvc.lock.
+NOT_CODE = ("params.yaml", "dvc.lock", "metrics", "plots")
 
 
 class TrackingError(CatsDogsError):

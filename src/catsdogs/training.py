@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -19,7 +19,7 @@ import pandas as pd
 import tensorflow as tf
 
 from catsdogs.atomic import write_atomically, write_text_atomically
-from catsdogs.resume import Restored, fast_forward
+from catsdogs.resume import EpochCheckpoint, Kept, Restored, fast_forward
 
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -117,19 +117,31 @@ class PrecomputedValidation(keras.callbacks.Callback):
 KEEP_MONITORS = {"best_val_loss": ("val_loss", "min"), "best_val_accuracy": ("val_accuracy", "max")}
 
 
-def keep_callback(keep: str) -> keras.callbacks.Callback | None:
-    """Restores the best epoch's weights at the end of training, or None for ``keep: last``.
+class KeepBest(keras.callbacks.EarlyStopping):
+    """Puts the best epoch's weights back when ``fit`` ends.
 
-    Keras' EarlyStopping with a patience it never reaches does exactly this:
-    it remembers the best epoch's weights and puts them back when ``fit``
-    ends, without stopping early.
+    Keras' EarlyStopping with a patience it never reaches does exactly this
+    without stopping early. Resumed, it starts from the best epoch of the
+    stopped attempt (which that attempt's resume state carries) rather than
+    forget it.
     """
+
+    def __init__(self, monitor: str, mode: str, prior: Kept | None = None) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=2**31 - 1, restore_best_weights=True, start_from_epoch=0, verbose=0)
+        self.prior = prior
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.prior is not None:
+            self.best, self.best_epoch, self.best_weights = self.prior.value, self.prior.epoch, list(self.prior.weights)
+
+
+def keep_callback(keep: str, prior: Kept | None = None) -> KeepBest | None:
+    """The callback that leaves the model with ``keep``'s epoch, or None for ``keep: last``."""
     if keep == "last":
         return None
     monitor, mode = KEEP_MONITORS[keep]
-    return keras.callbacks.EarlyStopping(
-        monitor=monitor, mode=mode, patience=2**31 - 1, restore_best_weights=True, start_from_epoch=0, verbose=0
-    )
+    return KeepBest(monitor, mode, prior)
 
 
 def kept_epoch(history: pd.DataFrame, keep: str) -> int:
@@ -204,7 +216,10 @@ def fit(
         first = validation.take(1) if isinstance(validation, tf.data.Dataset) else None
         validation_step = None if first is None else (lambda: model.predict_on_batch(next(iter(first))[0]))
     estimate = DurationEstimate(validation_batches, label=label or model.name, validation_step=validation_step)
-    keeper = keep_callback(keep)
+    keeper = keep_callback(keep, resumed.kept if resumed else None)
+    for callback in callbacks:
+        if isinstance(callback, EpochCheckpoint):
+            callback.keeper = keeper
     steps = steps_per_epoch
     if steps is None and isinstance(train, tf.data.Dataset) and (batches := int(train.cardinality())) > 0:
         # One pass per epoch, read through a single iterator for the whole
@@ -223,7 +238,8 @@ def fit(
         steps_per_epoch=steps,
         # The datasets shuffle themselves; Keras' default (True) only warns on them.
         shuffle=False,
-        callbacks=[estimate, *before, *callbacks, *([keeper] if keeper else [])],
+        # The keeper first: a checkpoint after it saves the epoch just ended as a candidate.
+        callbacks=[estimate, *before, *([keeper] if keeper else []), *callbacks],
         verbose=verbose,
     )
     seconds = time.perf_counter() - started + (resumed.seconds if resumed else 0.0)

@@ -144,12 +144,20 @@ def _train_on_augmented_photos(
 
 
 def train_vgg16_augmented(
-    params: Params, *, data_dir: Path, outputs: StageOutputs, features_dir: Path | None = None
+    params: Params,
+    *,
+    data_dir: Path,
+    outputs: StageOutputs,
+    features_dir: Path | None = None,
+    models_dir: Path = Path("models"),
 ) -> dict:
-    """Trains a new head on augmented photos through the frozen base.
+    """Trains a head on augmented photos through the frozen base.
 
-    With ``features_dir`` (vgg16_bottleneck's output) each epoch's validation
-    runs the head only on the saved features of the validation photos.
+    The head is fresh, as in the chapter, or starts from
+    ``vgg16_augmented.initial_head``'s trained head (its model in
+    ``models_dir``). With ``features_dir`` (vgg16_bottleneck's output) each
+    epoch's validation runs the head only on the saved features of the
+    validation photos.
     """
     stage, settings = "vgg16_augmented", params.vgg16_augmented
     make_deterministic(params.base.seed)
@@ -157,10 +165,14 @@ def train_vgg16_augmented(
     with runtime.strategy.scope():
         base, resolved = vgg16_base(params)
         head = models.build_classifier_head(base.output_shape[1:])
+        source = settings.initial_head
+        started = {} if source == "none" else models.start_from(
+            head, "vgg16_augmented.initial_head", source, models_dir / f"{source}.keras", "classifier_head"
+        )
         model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
         models.compile_model(model, settings.optimizer, settings.learning_rate)
     return _train_on_augmented_photos(
-        stage, model, params, data_dir=data_dir, outputs=outputs, tags=weights_tags(resolved),
+        stage, model, params, data_dir=data_dir, outputs=outputs, tags={**weights_tags(resolved), **started},
         features_dir=features_dir, frozen_layer=None,
     )
 
@@ -179,17 +191,6 @@ def unfreeze_from(base: keras.Model, first_trainable: str) -> list[str]:
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start
     return [layer.name for layer in base.layers if layer.trainable and layer.weights]
-
-
-def initial_head_weights(source: str, model_paths: dict[str, Path]) -> list[np.ndarray] | None:
-    """The trained head of an earlier VGG16 stage's model, or None for a fresh head."""
-    if source == "none":
-        return None
-    path = model_paths[source]
-    if not path.is_file():
-        raise TransferError(f"fine_tune.initial_head={source}: {path} not found; run `dvc repro {source}` first")
-    trained = models.load_stage_model_file(path, source)
-    return trained.get_layer("classifier_head").get_weights()
 
 
 def fine_tune(
@@ -212,20 +213,15 @@ def fine_tune(
     with runtime.strategy.scope():
         base, resolved = vgg16_base(params)
         head = models.build_classifier_head(base.output_shape[1:])
-        weights = initial_head_weights(settings.initial_head, model_paths)
-        if weights is not None:
-            try:
-                head.set_weights(weights)
-            except ValueError as err:
-                raise TransferError(
-                    f"fine_tune.initial_head={settings.initial_head}: its head does not fit VGG16 at "
-                    f"base.image_size={params.base.image_size} ({err}); rerun `dvc repro {settings.initial_head}`"
-                ) from err
+        source = settings.initial_head
+        started = {} if source == "none" else models.start_from(
+            head, "fine_tune.initial_head", source, model_paths[source], "classifier_head"
+        )
         trainable = unfreeze_from(base, settings.trainable_from)
         model = models.build_vgg16_classifier(base, head, params.base.image_size, params.vgg16.preprocessing)
         models.compile_model(model, settings.optimizer, settings.learning_rate)
     print(f"fine_tune: training {', '.join(trainable)} and the head")
-    tags = {**weights_tags(resolved), "fine_tune.trainable_layers": ",".join(trainable)}
+    tags = {**weights_tags(resolved), **started, "fine_tune.trainable_layers": ",".join(trainable)}
     frozen = last_frozen_layer(base, settings.trainable_from)
     return _train_on_augmented_photos(
         stage, model, params, data_dir=data_dir, outputs=outputs, tags=tags,
