@@ -178,10 +178,12 @@ def _request(args: argparse.Namespace) -> int:
 def _copy_store(args: argparse.Namespace) -> int:
     from catsdogs import store_copy, tracking
 
-    root = tracking.project_root()
-    source = args.source or f"sqlite:///{root / tracking.STORE_DIR / 'mlflow.db'}"
-    if args.source is None and not (root / tracking.STORE_DIR / "mlflow.db").is_file():
-        raise store_copy.StoreCopyError(f"{root / tracking.STORE_DIR / 'mlflow.db'} not found: nothing to copy (give --from)")
+    source = args.source
+    if source is None:
+        database = tracking.project_root() / tracking.STORE_DIR / "mlflow.db"
+        if not database.is_file():
+            raise store_copy.StoreCopyError(f"{database} not found: nothing to copy (give --from)")
+        source = f"sqlite:///{database}"
     summary = store_copy.copy_store(source, args.target, say=lambda line: print(f"{PROG} copy-store: {line}", file=sys.stderr))
     print(f"{PROG} copy-store: {source} -> {args.target}: {summary}")
     return EXIT_OK

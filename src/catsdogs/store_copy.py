@@ -21,15 +21,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag, ViewType
+from mlflow.artifacts import download_artifacts
+from mlflow.entities import LoggedModelStatus, Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 
 from catsdogs.errors import CatsDogsError
 
 COPIED_FROM = "catsdogs.copied_from"
 PARENT_TAG = "mlflow.parentRunId"
-# log_batch's limits: 1,000 metrics, 100 params, 100 tags per call.
-METRICS_PER_CALL, PARAMS_PER_CALL, TAGS_PER_CALL = 1000, 100, 100
+# log_batch's limits: 1,000 metrics and 100 params per call.
+METRICS_PER_CALL, PARAMS_PER_CALL = 1000, 100
 
 
 class StoreCopyError(CatsDogsError):
@@ -124,17 +125,12 @@ def _copy_logged_models(source: MlflowClient, target: MlflowClient, experiment_i
             tags={**model.tags, COPIED_FROM: model.model_id}, params=model.params, model_type=model.model_type,
         )
         with tempfile.TemporaryDirectory() as folder:
-            target.log_model_artifacts(copy.model_id, _download_model(source, model.model_id, folder))
+            files = download_artifacts(artifact_uri=f"models:/{model.model_id}", dst_path=folder, tracking_uri=source.tracking_uri)
+            target.log_model_artifacts(copy.model_id, files)
         target.finalize_logged_model(copy.model_id, LoggedModelStatus.READY)
         models[model.model_id] = copy.model_id
         summary.logged_models += 1
     return models
-
-
-def _download_model(source: MlflowClient, model_id: str, folder: str) -> str:
-    from mlflow.artifacts import download_artifacts
-
-    return download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=folder, tracking_uri=source.tracking_uri)
 
 
 def _copy_registry(source: MlflowClient, target: MlflowClient, ids: dict[str, str], models: dict[str, str],
