@@ -49,16 +49,16 @@ run: $(READY) ## run the pipeline: dvc repro (only what changed reruns)
 	dvc repro
 
 estimate: $(READY) ## time a few steps of each model here and estimate the run's duration
-	python -m catsdogs.estimate $(if $(PROFILE),--profile $(PROFILE))
+	python -m catsdogs.speed.estimate $(if $(PROFILE),--profile $(PROFILE))
 
 book: $(READY) ## the chapter's exact settings (for a GPU): estimate, then dvc exp run (BOOK_ARGS=--dry-run)
-	python -m catsdogs.profiles book $(BOOK_ARGS)
+	python -m catsdogs.speed.profiles book $(BOOK_ARGS)
 
 bench: run ## measure speeds against the targets; writes reports/benchmark.json
-	python -m catsdogs.benchmark
+	python -m catsdogs.speed.benchmark
 
 compare: $(READY) ## main and its experiments side by side: each model's test accuracy, F1, training time
-	python -m catsdogs.compare
+	python -m catsdogs.evaluation.compare
 
 test: $(READY) ## run the test suite
 	python -m pytest
@@ -71,8 +71,8 @@ serve: $(READY) ## serve the champion model at http://127.0.0.1:$(SERVE_PORT)/in
 		-m "models:/cats-vs-dogs@champion" --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 server: $(READY) ## the team's MLflow server on PostgreSQL at http://$(SERVER_HOST):$(SERVER_PORT)
-	python -m catsdogs.team_server mlflow --pgdata $(PGDATA) --pg-port $(PG_PORT) \
+	python -m catsdogs.tracking.team_server mlflow --pgdata $(PGDATA) --pg-port $(PG_PORT) \
 		--artifacts-destination $(ARTIFACTS) --host $(SERVER_HOST) --port $(SERVER_PORT)
 
 s3: $(READY) ## an S3 store (SeaweedFS) at http://127.0.0.1:$(S3_PORT) for DVC and MLflow artifacts
-	python -m catsdogs.team_server s3 --dir $(S3_DIR) --port $(S3_PORT) --bucket $(S3_BUCKET)
+	python -m catsdogs.tracking.team_server s3 --dir $(S3_DIR) --port $(S3_PORT) --bucket $(S3_BUCKET)

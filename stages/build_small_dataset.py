@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from catsdogs.config import load_params
-from catsdogs.dataset import build_small_dataset, write_metrics
-from catsdogs.stage_runner import run_stage
+from catsdogs.core.config import load_params
+from catsdogs.core.stage_runner import run_stage
+from catsdogs.data.dataset import build_small_dataset, write_metrics
 
 
 def main() -> None:

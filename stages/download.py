@@ -13,10 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from catsdogs.config import load_params
-from catsdogs.download import fetch_raw_photos
-from catsdogs.project import project_root
-from catsdogs.stage_runner import run_stage
+from catsdogs.core.config import load_params
+from catsdogs.core.project import project_root
+from catsdogs.core.stage_runner import run_stage
+from catsdogs.data.download import fetch_raw_photos
 
 
 def main() -> None:

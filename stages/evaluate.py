@@ -9,15 +9,15 @@ Usage (as dvc.yaml runs it)::
 ``--stages scratch_cnn,fine_tune`` compares only those models (all six by
 default). Outside ``dvc exp run`` the alias ``champion`` of ``cats-vs-dogs``
 moves to the model with the best test accuracy; inside one it stays, and
-``python -m catsdogs.champion promote --version N`` promotes by hand.
+``python -m catsdogs.evaluation.champion promote --version N`` promotes by hand.
 """
 
 import argparse
 from pathlib import Path
 
-from catsdogs.config import TRAINING_STAGES, load_params
-from catsdogs.evaluation import PREDICT_BATCH_SIZE, run_evaluation
-from catsdogs.stage_runner import run_stage
+from catsdogs.core.config import TRAINING_STAGES, load_params
+from catsdogs.core.stage_runner import run_stage
+from catsdogs.evaluation.scoring import PREDICT_BATCH_SIZE, run_evaluation
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

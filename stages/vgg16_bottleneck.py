@@ -11,9 +11,9 @@ Usage (as dvc.yaml runs it)::
 import argparse
 from pathlib import Path
 
-from catsdogs.config import load_params
-from catsdogs.stage_runner import run_stage
-from catsdogs.bottleneck import extract_bottleneck_features
+from catsdogs.core.config import load_params
+from catsdogs.core.stage_runner import run_stage
+from catsdogs.models.bottleneck import extract_bottleneck_features
 
 
 def main() -> None:

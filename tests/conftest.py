@@ -26,7 +26,7 @@ import requests
 import yaml
 from PIL import Image
 
-from catsdogs.team_server import Postgres, free_port, s3_store_command
+from catsdogs.tracking.team_server import Postgres, free_port, s3_store_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT.parent / "shared" / "datasets" / "dogs-vs-cats" / "train.zip"

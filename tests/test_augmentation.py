@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs.augmentation import AffineAugmentation, layered_augmentation, make_augmentation, shear_factor
-from catsdogs.config import AugmentationParams
+from catsdogs.core.config import AugmentationParams
+from catsdogs.data.augmentation import AffineAugmentation, layered_augmentation, make_augmentation, shear_factor
 
 CHAPTER = AugmentationParams(
     zoom=0.3,

@@ -12,12 +12,13 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs import speed
-from catsdogs.benchmark import (
+from catsdogs.core.study import dvc_stage
+from catsdogs.speed import throughput
+from catsdogs.speed.benchmark import (
     STAGES, BenchmarkError, noop_repro_breakdown, run_benchmark, shown, spread, stage_timings, targets_met,
 )
-from catsdogs.config import parse_params
-from catsdogs.inputs import load_split_arrays
+from catsdogs.core.config import parse_params
+from catsdogs.data.inputs import load_split_arrays
 
 from conftest import TINY_PARAMS
 
@@ -30,12 +31,12 @@ def _fresh_keras_session():
 
 def test_vgg16_conv_flops_match_the_published_count():
     # VGG16's 13 convolutions at 224x224: 15.35 G multiply-adds (Simonyan & Zisserman's model).
-    flops = speed.conv_flops_per_image(speed.vgg16_convolutional_base(224))
+    flops = throughput.conv_flops_per_image(throughput.vgg16_convolutional_base(224))
     assert flops == pytest.approx(2 * 15.35e9, rel=0.005)
 
 
 def test_one_by_one_loading_gives_the_pipelines_photos(small_dataset):
-    images, labels = speed.load_one_by_one(small_dataset / "train", 48)
+    images, labels = throughput.load_one_by_one(small_dataset / "train", 48)
     ours, our_labels, _ = load_split_arrays(small_dataset / "train", image_size=48)
     assert images.shape == ours.shape == (24, 48, 48, 3)
     np.testing.assert_array_equal(labels, our_labels)
@@ -44,7 +45,7 @@ def test_one_by_one_loading_gives_the_pipelines_photos(small_dataset):
 
 
 def test_matmul_rate_is_positive_and_finite():
-    rate = speed.matmul_flops_per_second(sizes=(128, 256), repeats=2)
+    rate = throughput.matmul_flops_per_second(sizes=(128, 256), repeats=2)
     assert 1e8 < rate < 1e15
 
 
@@ -61,7 +62,7 @@ class _UnevenModel:
 def test_a_prediction_rate_is_not_thrown_by_one_slow_pass():
     images = np.zeros((10, 4, 4, 3), np.float32)
     model = _UnevenModel([0.0, 2.0, 0.2, 0.2])  # the warm-up, then three timed passes
-    assert speed.predict_rate(model, images, batch_size=5) == pytest.approx(10 / 0.2, rel=0.2)
+    assert throughput.predict_rate(model, images, batch_size=5) == pytest.approx(10 / 0.2, rel=0.2)
 
 
 def _fake_timings(directory, missing=()):
@@ -120,7 +121,7 @@ def test_a_noop_repro_breakdown_names_each_part(repo_copy, monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     breakdown = noop_repro_breakdown()
     assert list(breakdown)[:2] == ["start-up", "reading dvc.yaml and dvc.lock"]
-    assert {f"checking {stage}" for stage in STAGES} <= set(breakdown)
+    assert {f"checking {dvc_stage(stage)}" for stage in STAGES} <= set(breakdown)
     assert all(seconds >= 0 for seconds in breakdown.values())
 
 

@@ -13,11 +13,19 @@ import mlflow
 import numpy as np
 import pytest
 
-from catsdogs import bottleneck, models, predict, stopping, tracking
-from catsdogs.atomic import write_atomically, write_text_atomically
-from catsdogs.bottleneck import TransferError, check_free_space, load_features
-from catsdogs.models import DamagedModelError, load_stage_model_file
-from catsdogs.stage_runner import run_stage
+from catsdogs.models import bottleneck
+
+from catsdogs.models import networks
+
+from catsdogs.serving import predict
+
+from catsdogs.core import stopping
+
+from catsdogs.core.atomic import write_atomically, write_text_atomically
+from catsdogs.core.stage_runner import run_stage
+from catsdogs.models.bottleneck import TransferError, check_free_space, load_features
+from catsdogs.models.networks import DamagedModelError, load_stage_model_file
+from catsdogs.tracking import mlflow_runs
 
 
 def tiny_model() -> keras.Model:
@@ -36,11 +44,11 @@ def test_a_damaged_keras_model_names_the_file_and_the_commands(tmp_path, damage)
         load_stage_model_file(path, "scratch_cnn")
     message = str(info.value)
     assert str(path) in message
-    assert f"dvc checkout {path}" in message and "dvc repro -f scratch_cnn" in message
+    assert f"dvc checkout {path}" in message and "dvc repro -f cnn@scratch_cnn" in message
 
 
 def test_evaluate_reports_a_damaged_model_as_a_user_error(tmp_path):
-    from catsdogs.evaluation import load_stage_model
+    from catsdogs.evaluation.scoring import load_stage_model
 
     (tmp_path / "fine_tune.keras").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DamagedModelError, match="fine_tune.keras is damaged"):
@@ -127,7 +135,7 @@ def test_a_stage_stopped_by_a_signal_says_so_in_one_line_and_records_nothing(tmp
 
     timings = tmp_path / "demo.json"
     code = (
-        "import os, signal; from pathlib import Path; from catsdogs.stage_runner import run_stage; "
+        "import os, signal; from pathlib import Path; from catsdogs.core.stage_runner import run_stage; "
         f"run_stage('demo', lambda: os.kill(os.getpid(), signal.SIGINT), timings=Path({str(timings)!r}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -144,7 +152,7 @@ def test_stop_handlers_are_put_back_after_the_block():
 
 
 def make_store(root: Path) -> Path:
-    tracking.use_experiment(root)
+    mlflow_runs.use_experiment(root)
     return root / "mlruns" / "mlflow.db"
 
 
@@ -157,8 +165,8 @@ def test_a_store_from_a_newer_mlflow_is_named_with_what_to_do(tmp_path, monkeypa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     database = make_store(tmp_path)
     set_revision(database, "ffffffffffff")
-    with pytest.raises(tracking.TrackingError) as info:
-        tracking.use_experiment(tmp_path)
+    with pytest.raises(mlflow_runs.TrackingError) as info:
+        mlflow_runs.use_experiment(tmp_path)
     message = str(info.value)
     assert str(database) in message and "newer MLflow" in message and "ffffffffffff" in message
     assert "mlflow db upgrade" not in message
@@ -176,16 +184,16 @@ def test_a_store_from_an_older_mlflow_says_how_to_upgrade_it(tmp_path, monkeypat
     migrations = ScriptDirectory(str(Path(mlflow.store.__file__).parent / "db_migrations"))
     older = migrations.get_revision(migrations.get_current_head()).down_revision
     set_revision(database, older)
-    with pytest.raises(tracking.TrackingError, match=rf"older MLflow \(revision {older}\).*mlflow db upgrade"):
-        tracking.use_store(tmp_path)
+    with pytest.raises(mlflow_runs.TrackingError, match=rf"older MLflow \(revision {older}\).*mlflow db upgrade"):
+        mlflow_runs.use_store(tmp_path)
 
 
 def test_a_file_that_is_no_database_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns").mkdir()
     (tmp_path / "mlruns" / "mlflow.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(tracking.TrackingError, match=r"mlflow\.db is not an SQLite database.*move it aside"):
-        tracking.use_store(tmp_path)
+    with pytest.raises(mlflow_runs.TrackingError, match=r"mlflow\.db is not an SQLite database.*move it aside"):
+        mlflow_runs.use_store(tmp_path)
 
 
 def test_an_alias_pointing_at_a_deleted_version_is_a_clear_error(tmp_path, monkeypatch):
@@ -193,7 +201,7 @@ def test_an_alias_pointing_at_a_deleted_version_is_a_clear_error(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     model = tiny_model()
-    with tracking.start_run("scratch_cnn", {}, manifest=None, root=tmp_path) as run:
+    with mlflow_runs.start_run("scratch_cnn", {}, manifest=None, root=tmp_path) as run:
         version = run.log_model(model, example=np.zeros((1, 4), np.float32))
     client = mlflow.MlflowClient()
     # Deleting the version's row behind the registry's back, as a hand-edited
@@ -202,12 +210,12 @@ def test_an_alias_pointing_at_a_deleted_version_is_a_clear_error(tmp_path, monke
     with sqlite3.connect(database) as db:
         db.execute("PRAGMA foreign_keys = OFF")
         db.execute("DELETE FROM model_versions WHERE version = ?", (int(version),))
-    assert client.get_registered_model(tracking.REGISTERED_MODEL_NAME).aliases == {"scratch_cnn": int(version)}
+    assert client.get_registered_model(mlflow_runs.REGISTERED_MODEL_NAME).aliases == {"scratch_cnn": int(version)}
     with pytest.raises(predict.PredictError) as info:
         predict.load_model("scratch_cnn", root=tmp_path)
     message = str(info.value)
     assert f"points at version {version}" in message and "no longer exists" in message
-    assert "dvc repro -f scratch_cnn" in message
+    assert "dvc repro -f cnn@scratch_cnn" in message
 
 
 def test_an_alias_whose_files_were_deleted_is_a_clear_error(tmp_path, monkeypatch):
@@ -216,8 +224,8 @@ def test_an_alias_whose_files_were_deleted_is_a_clear_error(tmp_path, monkeypatc
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    with tracking.start_run("scratch_cnn", {}, manifest=None, root=tmp_path) as run:
+    with mlflow_runs.start_run("scratch_cnn", {}, manifest=None, root=tmp_path) as run:
         run.log_model(tiny_model(), example=np.zeros((1, 4), np.float32))
     shutil.rmtree(tmp_path / "mlruns" / "artifacts")
-    with pytest.raises(predict.PredictError, match=r"missing or damaged.*dvc repro -f scratch_cnn"):
+    with pytest.raises(predict.PredictError, match=r"missing or damaged.*dvc repro -f cnn@scratch_cnn"):
         predict.load_model("scratch_cnn", root=tmp_path)

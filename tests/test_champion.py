@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs import champion, tracking
-from catsdogs.champion import Candidate, ChampionError, choose_champion
-from catsdogs.tracking import REGISTERED_MODEL_NAME, RegisteredVersion
+from catsdogs.evaluation import champion
+
+from catsdogs.evaluation.champion import Candidate, ChampionError, choose_champion
+from catsdogs.tracking import mlflow_runs
+from catsdogs.tracking.mlflow_runs import REGISTERED_MODEL_NAME, RegisteredVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +109,7 @@ def test_promotion_note_says_what_happened_and_how_to_promote():
 
     note = champion.promotion_note(choice, "wider-head")
     assert "`dvc exp run` (experiment wider-head)" in note
-    assert "not moved" in note and "python -m catsdogs.champion promote --version 7" in note
+    assert "not moved" in note and "python -m catsdogs.evaluation.champion promote --version 7" in note
 
     unregistered = choose_champion([Candidate("fine_tune", 0.96, 10, 1, version=None)])
     assert "dvc repro --force fine_tune" in champion.promotion_note(unregistered, None)
@@ -125,7 +127,7 @@ def project(tmp_path_factory) -> Path:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(root)
         for stage, seconds in (("scratch_cnn", 30.0), ("regularized_cnn", 40.0), ("fine_tune", 900.0)):
-            with tracking.start_run(stage, {"x": 1}, manifest=None, root=root) as run:
+            with mlflow_runs.start_run(stage, {"x": 1}, manifest=None, root=root) as run:
                 run.log_summary({"training_seconds": seconds, "best_val_accuracy": 0.8})
             client = MlflowClient()
             if not client.search_registered_models(f"name = '{REGISTERED_MODEL_NAME}'"):
@@ -143,7 +145,7 @@ def store(project, monkeypatch) -> MlflowClient:
     """The project's store, as the champion command finds it from the project folder, without a champion."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(project)
-    tracking.use_store(project)
+    mlflow_runs.use_store(project)
     client = MlflowClient()
     if "champion" in client.get_registered_model(REGISTERED_MODEL_NAME).aliases:
         client.delete_registered_model_alias(REGISTERED_MODEL_NAME, "champion")
@@ -155,14 +157,14 @@ def aliases(client: MlflowClient) -> dict[str, str]:
 
 
 def test_registered_versions_carry_their_stage_and_aliases(store):
-    versions = tracking.registered_versions()
+    versions = mlflow_runs.registered_versions()
 
     assert [(v.version, v.stage, v.aliases) for v in versions] == [
         ("1", "scratch_cnn", ("scratch_cnn",)),
         ("2", "regularized_cnn", ("regularized_cnn",)),
         ("3", "fine_tune", ("fine_tune",)),
     ]
-    assert tracking.run_metrics(versions[2].run_id)["training_seconds"] == 900.0
+    assert mlflow_runs.run_metrics(versions[2].run_id)["training_seconds"] == 900.0
 
 
 def test_promote_by_version_and_by_alias(store, capsys):
@@ -188,7 +190,7 @@ def test_unknown_version_lists_the_existing_ones(store):
 
 
 def test_show_lists_versions_with_validation_and_test_accuracy(store, capsys):
-    tracking.log_run_metrics(tracking.registered_versions()[0].run_id, {"test_accuracy": 0.7125})
+    mlflow_runs.log_run_metrics(mlflow_runs.registered_versions()[0].run_id, {"test_accuracy": 0.7125})
     champion.main(["promote", "--version", "1"])
     capsys.readouterr()
 
@@ -201,7 +203,7 @@ def test_show_lists_versions_with_validation_and_test_accuracy(store, capsys):
 
 
 def test_promote_with_nothing_registered_says_to_train_first(store, monkeypatch):
-    monkeypatch.setattr(tracking, "registered_versions", lambda: [])
+    monkeypatch.setattr(mlflow_runs, "registered_versions", lambda: [])
 
     with pytest.raises(ChampionError, match=r"no version of cats-vs-dogs is registered in sqlite:///.*`dvc repro`"):
         champion.promote(version="1")
@@ -210,7 +212,7 @@ def test_promote_with_nothing_registered_says_to_train_first(store, monkeypatch)
 def test_promote_without_a_store_names_the_missing_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
-    with pytest.raises(tracking.TrackingError, match="does not exist"):
+    with pytest.raises(mlflow_runs.TrackingError, match="does not exist"):
         champion.promote(version="1", root=tmp_path)
     assert not (tmp_path / "mlruns").exists()
 
@@ -220,7 +222,7 @@ def test_the_command_line_prints_the_error_without_a_traceback(store, project):
     inside = project / "src"  # the store is found from anywhere in the project
     inside.mkdir(exist_ok=True)
     done = subprocess.run(
-        [sys.executable, "-m", "catsdogs.champion", "promote", "--version", "42"],
+        [sys.executable, "-m", "catsdogs.evaluation.champion", "promote", "--version", "42"],
         cwd=inside, capture_output=True, text=True, timeout=120,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
@@ -243,7 +245,7 @@ def experiment_store(tmp_path, monkeypatch) -> MlflowClient:
     for stage, experiment in (("scratch_cnn", None), ("fine_tune", None), ("scratch_cnn", "wider-head")):
         if experiment:
             monkeypatch.setenv("DVC_EXP_NAME", experiment)
-        with tracking.start_run(stage, {}, manifest=None, root=root) as run:
+        with mlflow_runs.start_run(stage, {}, manifest=None, root=root) as run:
             client = MlflowClient()
             if not client.search_registered_models(f"name = '{REGISTERED_MODEL_NAME}'"):
                 client.create_registered_model(REGISTERED_MODEL_NAME)
@@ -254,7 +256,7 @@ def experiment_store(tmp_path, monkeypatch) -> MlflowClient:
             if experiment is None:
                 client.set_registered_model_alias(REGISTERED_MODEL_NAME, stage, version.version)
             else:
-                tracking.set_run_tags(run.parent_run_id, {"champion.version": version.version})
+                mlflow_runs.set_run_tags(run.parent_run_id, {"champion.version": version.version})
     client.set_registered_model_alias(REGISTERED_MODEL_NAME, "champion", "2")
     return client
 
@@ -268,7 +270,7 @@ def test_promoting_an_experiment_moves_its_stages_aliases_and_the_champion(exper
     out = capsys.readouterr().out
     assert "cats-vs-dogs@scratch_cnn -> version 3 (scratch_cnn)" in out
     assert "cats-vs-dogs@champion -> version 3 (scratch_cnn)" in out
-    assert tracking.registered_versions()[2].experiment == "wider-head"
+    assert mlflow_runs.registered_versions()[2].experiment == "wider-head"
 
 
 def test_promoting_an_unknown_experiment_names_those_that_exist(experiment_store):

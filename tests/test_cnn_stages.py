@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs.cnn_stages import train_cnn
-from catsdogs.config import parse_params
-from catsdogs.model_stage import StageOutputs
-from catsdogs.models import build_regularized_cnn, build_scratch_cnn
-from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.core.config import parse_params
+from catsdogs.models.networks import build_regularized_cnn, build_scratch_cnn
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.training.cnn_stages import train_cnn
+from catsdogs.training.model_stage import StageOutputs
 
 from conftest import TINY_PARAMS
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catsdogs.config import ParamsError, flatten, load_params, parse_params
+from catsdogs.core.config import ParamsError, flatten, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

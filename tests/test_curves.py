@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catsdogs.curves import learning_curves_figure, plot_learning_curves
+from catsdogs.tracking.curves import learning_curves_figure, plot_learning_curves
 
 
 @pytest.fixture

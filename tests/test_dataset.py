@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageCms
 
-from catsdogs import images
-from catsdogs.config import DatasetParams
-from catsdogs.dataset import (
+from catsdogs.core.config import DatasetParams
+from catsdogs.data import images
+from catsdogs.data.dataset import (
     DUPLICATE,
     DUPLICATE_CONFLICTING_LABEL,
     LABELS,
@@ -32,7 +32,7 @@ from catsdogs.dataset import (
     scan_raw,
     write_metrics,
 )
-from catsdogs.images import PhotoRecord, Skip, inspect_photo
+from catsdogs.data.images import PhotoRecord, Skip, inspect_photo
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = DatasetParams(train_per_class=3, validation_per_class=2, test_per_class=2, min_side=32)

@@ -19,9 +19,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from catsdogs.config import ParamsError, parse_params
-from catsdogs.runtime import distribution_tags, make_strategy
-from catsdogs.team_server import free_port
+from catsdogs.core.config import ParamsError, parse_params
+from catsdogs.core.runtime import distribution_tags, make_strategy
+from catsdogs.tracking.team_server import free_port
 
 # float32 sums reduced in another order differ in the last bits; after a
 # few steps of RMSprop that is far below this, and a real difference (a
@@ -43,9 +43,9 @@ TRAIN_ON_DEVICES = textwrap.dedent(
     import keras
     import numpy as np
 
-    from catsdogs.cnn_stages import train_cnn
-    from catsdogs.config import parse_params
-    from catsdogs.model_stage import StageOutputs
+    from catsdogs.training.cnn_stages import train_cnn
+    from catsdogs.core.config import parse_params
+    from catsdogs.training.model_stage import StageOutputs
 
     params = parse_params(json.loads(sys.argv[2]))
     out = Path(sys.argv[3])

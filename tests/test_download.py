@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catsdogs.archive import ArchiveError, LayoutError, UnsafeEntryError, _copy_limited, extract_photos
-from catsdogs.config import Source
-from catsdogs.download import (
+from catsdogs.core.config import Source
+from catsdogs.data.archive import ArchiveError, LayoutError, UnsafeEntryError, _copy_limited, extract_photos
+from catsdogs.data.download import (
     ChecksumError,
     DownloadError,
     NoSourceError,
@@ -29,7 +29,7 @@ from catsdogs.download import (
     resolve_source,
     sha256_file,
 )
-from catsdogs.errors import CatsDogsError
+from catsdogs.core.errors import CatsDogsError
 
 MIRROR = Path("/work/shared/datasets/dogs-vs-cats/train.zip")
 MIRROR_SHA256 = "88bf3326eb2ffe197e02049ee0601808d0edd260f1d9c320755b5675c5e3aa69"

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from catsdogs import models
-from catsdogs.training import DurationEstimate, fit
+from catsdogs.models import networks
+from catsdogs.training.loop import DurationEstimate, fit
 
 
 def _data(n: int, batch: int) -> tf.data.Dataset:
@@ -20,7 +20,7 @@ def _data(n: int, batch: int) -> tf.data.Dataset:
 
 
 def test_fit_prints_one_estimate_of_the_whole_run(capsys):
-    model = models.compile_model(models.build_scratch_cnn(48), "rmsprop", 1e-3)
+    model = networks.compile_model(networks.build_scratch_cnn(48), "rmsprop", 1e-3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit(model, _data(48, 4), _data(8, 4), epochs=2, train_images=48, batch_size=4, verbose=0)
@@ -56,7 +56,7 @@ def test_estimate_is_epochs_times_steps_plus_the_timed_validation_batches():
 
 def test_the_estimate_names_the_stage_not_the_architecture(capsys):
     # augmented_cnn trains the regularized architecture, whose Keras name is regularized_cnn.
-    model = models.compile_model(models.build_regularized_cnn(48), "rmsprop", 1e-3)
+    model = networks.compile_model(networks.build_regularized_cnn(48), "rmsprop", 1e-3)
     fit(model, _data(48, 4), _data(8, 4), epochs=1, train_images=48, batch_size=4, verbose=0, label="augmented_cnn")
     out = capsys.readouterr().out
     assert "augmented_cnn: about" in out and "regularized_cnn: about" not in out
@@ -65,7 +65,7 @@ def test_the_estimate_names_the_stage_not_the_architecture(capsys):
 
 
 def test_fit_keeps_its_estimate_beside_the_measured_time():
-    model = models.compile_model(models.build_scratch_cnn(48), "rmsprop", 1e-3)
+    model = networks.compile_model(networks.build_scratch_cnn(48), "rmsprop", 1e-3)
     result = fit(model, _data(48, 4), _data(8, 4), epochs=1, train_images=48, batch_size=4, verbose=0)
     assert result.estimated_seconds is not None and result.estimated_seconds > 0
     keras.backend.clear_session()

@@ -15,14 +15,14 @@ import tensorflow as tf
 from mlflow import MlflowClient
 from PIL import Image
 
-from catsdogs import models
-from catsdogs.config import TrainParams
-from catsdogs.errors import CatsDogsError
-from catsdogs.evaluation import HEADLINE_KEYS
-from catsdogs.inputs import make_dataset
-from catsdogs.model_stage import StageOutputs, train_and_record
-from catsdogs.statistics import wilson_interval
-from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.core.config import TrainParams
+from catsdogs.core.errors import CatsDogsError
+from catsdogs.data.inputs import make_dataset
+from catsdogs.evaluation.scoring import HEADLINE_KEYS
+from catsdogs.evaluation.statistics import wilson_interval
+from catsdogs.models import networks
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.training.model_stage import StageOutputs, train_and_record
 
 from conftest import write_split_folders
 
@@ -53,8 +53,8 @@ def train_tiny(project: Path, data: Path, stage: str, *, wrong_labels: bool) -> 
     validation = make_dataset(data / "validation", image_size=SIZE, batch_size=8, shuffle=False, seed=3)
     if wrong_labels:  # a model that learns cats are dogs: the certain loser
         train, validation = flipped(train), flipped(validation)
-    builder = models.build_scratch_cnn if stage == "scratch_cnn" else models.build_regularized_cnn
-    model = models.compile_model(builder(SIZE), settings.optimizer, settings.learning_rate)
+    builder = networks.build_scratch_cnn if stage == "scratch_cnn" else networks.build_regularized_cnn
+    model = networks.compile_model(builder(SIZE), settings.optimizer, settings.learning_rate)
     train_and_record(
         stage, model, train, validation, settings,
         train_images=24, run_params={"stage": stage}, manifest=data / "manifest.csv",
@@ -252,7 +252,7 @@ def test_champion_moves_only_outside_an_experiment(evaluated):
     client = evaluated["client"]
     assert "champion" not in evaluated["in_experiment"]["aliases"]
     assert "try-it" in evaluated["in_experiment"]["markdown"]
-    assert "python -m catsdogs.champion promote --version" in evaluated["in_experiment"]["markdown"]
+    assert "python -m catsdogs.evaluation.champion promote --version" in evaluated["in_experiment"]["markdown"]
 
     champion = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "champion")
     assert champion.version == client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "scratch_cnn").version

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catsdogs import reports
-from catsdogs.champion import Candidate, choose_champion
-from catsdogs.evaluation import (
+from catsdogs.core.durations import format_duration
+from catsdogs.evaluation import reports
+from catsdogs.evaluation.champion import Candidate, choose_champion
+from catsdogs.evaluation.scoring import (
     EvaluationError,
     ModelEvaluation,
     check_stage_outputs,
@@ -107,7 +108,7 @@ def test_missing_model_or_metrics_names_the_file_and_the_stage(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "scratch_cnn.keras").write_bytes(b"")
 
-    with pytest.raises(EvaluationError, match=r"metrics/scratch_cnn\.json not found.*`dvc repro scratch_cnn`"):
+    with pytest.raises(EvaluationError, match=r"metrics/scratch_cnn\.json not found.*`dvc repro cnn@scratch_cnn`"):
         check_stage_outputs(["scratch_cnn"], tmp_path / "models", tmp_path / "metrics")
     with pytest.raises(EvaluationError, match=r"models/fine_tune\.keras not found.*`dvc repro fine_tune`"):
         load_stage_model(tmp_path / "models", "fine_tune")
@@ -116,7 +117,7 @@ def test_missing_model_or_metrics_names_the_file_and_the_stage(tmp_path):
 def test_unreadable_training_metrics_say_how_to_remake_them(tmp_path):
     (tmp_path / "augmented_cnn.json").write_text("{not json")
 
-    with pytest.raises(EvaluationError, match=r"augmented_cnn\.json is not valid JSON.*dvc repro --force augmented_cnn"):
+    with pytest.raises(EvaluationError, match=r"augmented_cnn\.json is not valid JSON.*dvc repro --force cnn@augmented_cnn"):
         load_training_summary(tmp_path, "augmented_cnn")
 
 
@@ -202,7 +203,7 @@ def test_comparison_markdown_reads_like_the_chapter(two_models):
     ("seconds", "text"), [(4.4, "4 s"), (65.2, "1 min 5 s"), (3725, "1 h 2 min"), (None, "?"), (math.nan, "?")]
 )
 def test_durations_read_naturally(seconds, text):
-    assert reports.format_duration(seconds) == text
+    assert format_duration(seconds) == text
 
 
 def test_misclassified_photos_come_most_confident_first():

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs import execution
-from catsdogs.execution import changed_params, flat_params
+from catsdogs.tracking import execution
+from catsdogs.tracking.execution import changed_params, flat_params
 
 from conftest import GIT_ENV
 
 # A stage: prints the execution it finds.
 STAGE_CODE = (
-    "import json; from catsdogs.execution import current_execution as c; e = c(); "
+    "import json; from catsdogs.tracking.execution import current_execution as c; e = c(); "
     "print(json.dumps({'key': e.key, 'command': e.command, 'experiment': e.experiment}))"
 )
 
@@ -63,7 +63,7 @@ def test_dvc_experiments_are_recognised_from_the_environment(env, expected):
         (["/repo/.venv/bin/python3.11", "/repo/.venv/bin/dvc", "repro"], True),
         (["/usr/bin/python3", "-m", "dvc", "exp", "exec-run", "--infofile", "x.run"], True),
         (["dvc", "exp", "run"], True),
-        (["/bin/sh", "-c", "python stages/scratch_cnn.py --params params.yaml"], False),
+        (["/bin/sh", "-c", "python stages/train.py scratch_cnn --params params.yaml"], False),
         (["/usr/bin/python3", "-m", "pytest", "tests/test_dvc.py"], False),
         ([], False),
     ],

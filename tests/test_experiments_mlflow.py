@@ -18,10 +18,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from catsdogs import ui
-from catsdogs.config import TRAINING_STAGES
-from catsdogs.parent_runs import EXECUTION_TAG
-from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.core.config import TRAINING_STAGES
+from catsdogs.serving import ui
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.tracking.parent_runs import EXECUTION_TAG
 
 from conftest import make_repo_copy, run
 from test_ui import ARTIFACTS, DevTools, ui_over

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from catsdogs.config import ParamsError, parse_params
-from catsdogs.extra_test import ExtraTestError, load_photos, undrawn_photos
+from catsdogs.core.config import ParamsError, parse_params
+from catsdogs.data.extra_test import ExtraTestError, load_photos, undrawn_photos
 
 from conftest import synthetic_photo
 

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs import models
-from catsdogs.bottleneck import extract_bottleneck_features, top_from, vgg16_base
-from catsdogs.config import parse_params
-from catsdogs.evaluation import (
+from catsdogs.core.config import parse_params
+from catsdogs.models import networks
+from catsdogs.models.bottleneck import extract_bottleneck_features, top_from, vgg16_base
+from catsdogs.evaluation.scoring import (
     SHORTCUT_TOLERANCE,
     TIMED_PHOTOS,
     EvaluationError,
@@ -22,9 +22,9 @@ from catsdogs.evaluation import (
     saved_outputs,
     shortcut_predictions,
 )
-from catsdogs.inputs import load_split_arrays
-from catsdogs.model_stage import save_model_atomically
-from catsdogs.transfer_stages import unfreeze_from
+from catsdogs.data.inputs import load_split_arrays
+from catsdogs.models.bottleneck import unfreeze_from
+from catsdogs.training.model_stage import save_model_atomically
 
 from conftest import TINY_PARAMS, real_photos
 
@@ -61,14 +61,14 @@ def saved_models(tmp_path_factory, real_dataset, params):
     keras.utils.set_random_seed(5)
     for stage in ("vgg16_augmented", "fine_tune"):
         base, _ = vgg16_base(params)
-        head = models.build_classifier_head(base.output_shape[1:])
+        head = networks.build_classifier_head(base.output_shape[1:])
         if stage == "fine_tune":
             unfreeze_from(base, params.fine_tune.trainable_from)
             for layer in base.layers:
                 if layer.trainable and layer.weights:
                     kernel, bias = layer.get_weights()
                     layer.set_weights([kernel * 1.05, bias])
-        model = models.build_vgg16_classifier(base, head, SIZE, params.vgg16.preprocessing)
+        model = networks.build_vgg16_classifier(base, head, SIZE, params.vgg16.preprocessing)
         save_model_atomically(model, out / "models" / f"{stage}.keras")
         keras.backend.clear_session()
     return out

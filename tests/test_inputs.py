@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from catsdogs.augmentation import make_augmentation
-from catsdogs.config import AugmentationParams
-from catsdogs.errors import CatsDogsError
-from catsdogs.inputs import LABELS, count_images, decode_photo, load_split_arrays, make_dataset
+from catsdogs.core.config import AugmentationParams
+from catsdogs.core.errors import CatsDogsError
+from catsdogs.data.augmentation import make_augmentation
+from catsdogs.data.inputs import LABELS, count_images, decode_photo, load_split_arrays, make_dataset
 
 from conftest import real_photos
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from catsdogs.config import ParamsError, parse_params
-from catsdogs.resume import EpochCheckpoint, ResumeState
-from catsdogs.training import PrecomputedValidation, fit, summarize
+from catsdogs.core.config import ParamsError, parse_params
+from catsdogs.training.loop import PrecomputedValidation, fit, summarize
+from catsdogs.training.resume import EpochCheckpoint, ResumeState
 
 
 @pytest.fixture(autouse=True)

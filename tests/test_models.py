@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from catsdogs import models
-from catsdogs.config import OPTIMIZERS
-from catsdogs.errors import CatsDogsError
+from catsdogs.core.config import OPTIMIZERS
+from catsdogs.core.errors import CatsDogsError
+from catsdogs.models import networks
 
 
 def pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -19,16 +19,16 @@ def pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def test_parameter_counts_at_150_match_the_chapter() -> None:
-    scratch = models.build_scratch_cnn(150)
+    scratch = networks.build_scratch_cnn(150)
     assert scratch.count_params() == 19_024_513
-    assert models.build_regularized_cnn(150).count_params() == 3_706_113
-    assert models.build_classifier_head((4, 4, 512)).count_params() == 4_457_985
+    assert networks.build_regularized_cnn(150).count_params() == 3_706_113
+    assert networks.build_classifier_head((4, 4, 512)).count_params() == 4_457_985
     assert scratch.output_shape == (None, 1)
     assert scratch.get_layer("p_dog").activation is keras.activations.sigmoid
 
 
 def test_models_scale_raw_pixels_themselves() -> None:
-    model = models.build_regularized_cnn(46)
+    model = networks.build_regularized_cnn(46)
     rescale = model.layers[1]
     assert isinstance(rescale, keras.layers.Rescaling)
     assert rescale.scale == pytest.approx(1 / 255)
@@ -41,30 +41,30 @@ def test_models_scale_raw_pixels_themselves() -> None:
 @pytest.mark.parametrize(
     ("name", "minimum", "build"),
     [
-        ("scratch_cnn", 22, models.build_scratch_cnn),
-        ("regularized_cnn", 46, models.build_regularized_cnn),
+        ("scratch_cnn", 22, networks.build_scratch_cnn),
+        ("regularized_cnn", 46, networks.build_regularized_cnn),
     ],
 )
 def test_too_small_images_fail_before_building(name, minimum, build) -> None:
-    assert models.min_image_size(name) == minimum
+    assert networks.min_image_size(name) == minimum
     assert build(minimum).output_shape == (None, 1)  # the minimum itself works
     with pytest.raises(CatsDogsError, match=rf"base\.image_size: {minimum - 1} .*at least {minimum}"):
         build(minimum - 1)
 
 
 def test_vgg16_minimum_and_unknown_names() -> None:
-    assert models.min_image_size("augmented_cnn") == models.min_image_size("regularized_cnn")
-    assert models.min_image_size("vgg16") == 32
+    assert networks.min_image_size("augmented_cnn") == networks.min_image_size("regularized_cnn")
+    assert networks.min_image_size("vgg16") == 32
     with pytest.raises(CatsDogsError, match="base.image_size"):
-        models.check_image_size("vgg16", 31)
+        networks.check_image_size("vgg16", 31)
     with pytest.raises(ValueError, match="unknown model"):
-        models.min_image_size("resnet")
+        networks.min_image_size("resnet")
 
 
 def test_same_seed_gives_the_same_initial_weights() -> None:
     def weights(seed: int) -> list[np.ndarray]:
         keras.utils.set_random_seed(seed)
-        return models.build_regularized_cnn(46).get_weights()
+        return networks.build_regularized_cnn(46).get_weights()
 
     a, b, c = weights(1), weights(1), weights(2)
     for x, y in zip(a, b):
@@ -75,7 +75,7 @@ def test_same_seed_gives_the_same_initial_weights() -> None:
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam", "sgd"])
 def test_compile_and_one_training_epoch(optimizer: str) -> None:
     keras.utils.set_random_seed(0)
-    model = models.compile_model(models.build_scratch_cnn(32), optimizer, 1e-3)
+    model = networks.compile_model(networks.build_scratch_cnn(32), optimizer, 1e-3)
     assert type(model.optimizer).__name__.lower() == optimizer
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
     data = tf.data.Dataset.from_tensor_slices((pixels(8, 32), np.array([0, 1] * 4, np.float32))).batch(4)
@@ -85,18 +85,18 @@ def test_compile_and_one_training_epoch(optimizer: str) -> None:
 
 
 def test_every_optimizer_params_yaml_allows_is_known() -> None:
-    assert set(models.OPTIMIZER_CLASSES) == set(OPTIMIZERS)
+    assert set(networks.OPTIMIZER_CLASSES) == set(OPTIMIZERS)
 
 
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(CatsDogsError, match="unknown optimizer 'adamw'"):
-        models.compile_model(models.build_scratch_cnn(32), "adamw", 1e-3)
+        networks.compile_model(networks.build_scratch_cnn(32), "adamw", 1e-3)
 
 
 def test_imagenet_preprocessing_layer_matches_keras_applications() -> None:
     x = pixels(2, 8)
     expected = keras.applications.vgg16.preprocess_input(x.copy())
-    got = np.asarray(models.imagenet_preprocessing()(x))
+    got = np.asarray(networks.imagenet_preprocessing()(x))
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -106,8 +106,8 @@ def vgg16_base(size: int) -> keras.Model:
 
 def test_vgg16_classifier_with_rescale_chains_base_and_head() -> None:
     base = vgg16_base(32)
-    head = models.build_classifier_head(base.output_shape[1:])
-    model = models.build_vgg16_classifier(base, head, 32, "rescale")
+    head = networks.build_classifier_head(base.output_shape[1:])
+    model = networks.build_vgg16_classifier(base, head, 32, "rescale")
     x = pixels(2, 32)
     expected = head.predict(base.predict(x / 255, verbose=0), verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
@@ -116,23 +116,23 @@ def test_vgg16_classifier_with_rescale_chains_base_and_head() -> None:
 
 def test_vgg16_classifier_refuses_bad_settings() -> None:
     base = vgg16_base(32)
-    head = models.build_classifier_head(base.output_shape[1:])
+    head = networks.build_classifier_head(base.output_shape[1:])
     with pytest.raises(CatsDogsError, match="unknown VGG16 preprocessing"):
-        models.build_vgg16_classifier(base, head, 32, "torch")
+        networks.build_vgg16_classifier(base, head, 32, "torch")
     with pytest.raises(ValueError, match="base takes"):
-        models.build_vgg16_classifier(base, head, 64, "rescale")
+        networks.build_vgg16_classifier(base, head, 64, "rescale")
     with pytest.raises(CatsDogsError, match="base.image_size"):
-        models.build_vgg16_classifier(base, head, 16, "rescale")
+        networks.build_vgg16_classifier(base, head, 16, "rescale")
 
 
 def test_saved_models_load_back_and_predict_the_same(tmp_path: Path) -> None:
     base = vgg16_base(32)
-    head = models.build_classifier_head(base.output_shape[1:])
-    vgg = models.build_vgg16_classifier(base, head, 32, "imagenet")
+    head = networks.build_classifier_head(base.output_shape[1:])
+    vgg = networks.build_vgg16_classifier(base, head, 32, "imagenet")
     built = {
         "vgg16": (vgg, 32),
-        "scratch": (models.build_scratch_cnn(32), 32),
-        "regularized": (models.build_regularized_cnn(46), 46),
+        "scratch": (networks.build_scratch_cnn(32), 32),
+        "regularized": (networks.build_regularized_cnn(46), 46),
     }
     for name, (model, size) in built.items():
         path = tmp_path / f"{name}.keras"
@@ -147,19 +147,19 @@ def test_saved_models_load_back_and_predict_the_same(tmp_path: Path) -> None:
 
 def test_start_from_copies_an_earlier_stages_weights_or_says_what_to_run(tmp_path) -> None:
     keras.utils.set_random_seed(5)
-    trained = models.build_regularized_cnn(48)
+    trained = networks.build_regularized_cnn(48)
     path = tmp_path / "regularized_cnn.keras"
-    with pytest.raises(models.WarmStartError, match=r"augmented_cnn.initial_weights=regularized_cnn: .*regularized_cnn.keras not found; run `dvc repro regularized_cnn`"):
-        models.start_from(trained, "augmented_cnn.initial_weights", "regularized_cnn", path)
+    with pytest.raises(networks.WarmStartError, match=r"augmented_cnn.initial_weights=regularized_cnn: .*regularized_cnn.keras not found; run `dvc repro cnn@regularized_cnn`"):
+        networks.start_from(trained, "augmented_cnn.initial_weights", "regularized_cnn", path)
     trained.save(path)
 
     keras.utils.set_random_seed(6)
-    model = models.build_regularized_cnn(48)
-    tags = models.start_from(model, "augmented_cnn.initial_weights", "regularized_cnn", path)
+    model = networks.build_regularized_cnn(48)
+    tags = networks.start_from(model, "augmented_cnn.initial_weights", "regularized_cnn", path)
     for ours, theirs in zip(model.get_weights(), trained.get_weights()):
         np.testing.assert_array_equal(ours, theirs)
     assert list(tags) == ["augmented_cnn.initial_weights.sha256"] and len(tags["augmented_cnn.initial_weights.sha256"]) == 64
 
     # Trained at another image size: the dense layer's shape differs.
-    with pytest.raises(models.WarmStartError, match=r"does not fit this model.*dvc repro regularized_cnn"):
-        models.start_from(models.build_regularized_cnn(64), "augmented_cnn.initial_weights", "regularized_cnn", path)
+    with pytest.raises(networks.WarmStartError, match=r"does not fit this model.*dvc repro cnn@regularized_cnn"):
+        networks.start_from(networks.build_regularized_cnn(64), "augmented_cnn.initial_weights", "regularized_cnn", path)

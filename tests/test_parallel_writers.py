@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from catsdogs.store_contention import measure
+from catsdogs.tracking.store_contention import measure
 
 pytestmark = pytest.mark.slow
 

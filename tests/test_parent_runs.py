@@ -16,8 +16,9 @@ import mlflow
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from catsdogs import parent_runs, tracking
+from catsdogs.tracking import parent_runs
 
+from catsdogs.tracking import mlflow_runs
 from conftest import GIT_ENV, write_split_folders
 
 
@@ -52,7 +53,7 @@ def test_the_runs_of_one_execution_share_a_parent_that_describes_it(project, mon
     monkeypatch.setenv("DVC_EXP_NAME", "one-epoch")
     children = []
     for stage in ("scratch_cnn", "evaluate"):
-        with tracking.start_run(stage, {"scratch_cnn.epochs": 1}, manifest=manifest(project)) as run:
+        with mlflow_runs.start_run(stage, {"scratch_cnn.epochs": 1}, manifest=manifest(project)) as run:
             children.append(run)
             # While a stage runs its parent is RUNNING too.
             assert mlflow.MlflowClient().get_run(run.parent_run_id).info.status == "RUNNING"
@@ -78,7 +79,7 @@ def test_the_runs_of_one_execution_share_a_parent_that_describes_it(project, mon
 
 def test_a_failing_stage_leaves_its_parent_failed(project):
     with pytest.raises(RuntimeError, match="diverged"):
-        with tracking.start_run("scratch_cnn", {}, manifest=manifest(project)) as run:
+        with mlflow_runs.start_run("scratch_cnn", {}, manifest=manifest(project)) as run:
             raise RuntimeError("diverged")
 
     client = mlflow.MlflowClient()
@@ -89,9 +90,9 @@ def test_a_failing_stage_leaves_its_parent_failed(project):
 
 
 def test_each_run_logs_the_manifest_as_its_dataset(project):
-    with tracking.start_run("scratch_cnn", {}, manifest=manifest(project)) as run:
+    with mlflow_runs.start_run("scratch_cnn", {}, manifest=manifest(project)) as run:
         pass
-    with tracking.start_run("evaluate", {}, manifest=manifest(project), dataset_context="evaluation") as evaluate:
+    with mlflow_runs.start_run("evaluate", {}, manifest=manifest(project), dataset_context="evaluation") as evaluate:
         pass
 
     client = mlflow.MlflowClient()
@@ -112,7 +113,7 @@ def test_each_run_logs_the_manifest_as_its_dataset(project):
 
 def test_system_metrics_are_logged_while_a_stage_runs(project, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
-    with tracking.start_run("scratch_cnn", {}, manifest=manifest(project)) as run:
+    with mlflow_runs.start_run("scratch_cnn", {}, manifest=manifest(project)) as run:
         time.sleep(3)
 
     metrics = mlflow.MlflowClient().get_run(run.run_id).data.metrics
@@ -124,17 +125,17 @@ def test_system_metrics_are_logged_while_a_stage_runs(project, monkeypatch):
 
 def test_an_experiments_parent_is_found_by_its_name(project, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "wider-head")
-    with tracking.start_run("evaluate", {}, manifest=manifest(project)) as run:
-        tracking.set_run_tags(run.parent_run_id, {"champion.version": "4"})
+    with mlflow_runs.start_run("evaluate", {}, manifest=manifest(project)) as run:
+        mlflow_runs.set_run_tags(run.parent_run_id, {"champion.version": "4"})
 
-    assert tracking.experiment_parent_tags("wider-head")["champion.version"] == "4"
-    assert tracking.experiment_parent_tags("no-such-experiment") is None
+    assert mlflow_runs.experiment_parent_tags("wider-head")["champion.version"] == "4"
+    assert mlflow_runs.experiment_parent_tags("no-such-experiment") is None
 
 
 def test_two_processes_creating_one_parent_keep_the_oldest(project, monkeypatch):
-    from catsdogs.execution import Execution
+    from catsdogs.tracking.execution import Execution
 
-    experiment_id = tracking.use_experiment(project)
+    experiment_id = mlflow_runs.use_experiment(project)
     client = mlflow.MlflowClient()
     execution = Execution(key="host:1:2.00", started=2.0, command="dvc repro", experiment=None)
     # The other process creates its parent between this one's search and its create.

@@ -11,10 +11,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs.benchmark import stage_timings
-from catsdogs.config import TRAINING_STAGES
-from catsdogs.evaluation import HEADLINE_KEYS
-from catsdogs.tracking import EXPERIMENT_NAME
+from catsdogs.core.study import dvc_stage
+from catsdogs.core.config import TRAINING_STAGES
+from catsdogs.evaluation.scoring import HEADLINE_KEYS
+from catsdogs.speed.benchmark import stage_timings
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME
 
 from conftest import code_files, run
 
@@ -55,7 +56,7 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     run(["git", "commit", "-qm", "lock"], repo_copy)
 
     # A temp-dir experiment runs in .dvc/tmp/exps/..., yet logs to the project's store.
-    run(["dvc", "exp", "run", "--temp", "-n", "one-epoch", "-S", "scratch_cnn.epochs=1", "scratch_cnn"], repo_copy)
+    run(["dvc", "exp", "run", "--temp", "-n", "one-epoch", "-S", "scratch_cnn.epochs=1", "cnn@scratch_cnn"], repo_copy)
     mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
@@ -72,8 +73,8 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], repo_copy).stdout)
     stale = set(status)
-    assert "scratch_cnn" in stale
-    assert not stale & (set(TRAINING_STAGES) - {"scratch_cnn"} | {"download", "build_small_dataset"}), stale
+    assert "cnn@scratch_cnn" in stale
+    assert not stale & ({dvc_stage(m) for m in TRAINING_STAGES} - {"cnn@scratch_cnn"} | {"download", "build_small_dataset"}), stale
 
     # Retraining the VGG16 head on features never recomputes the features.
     params["vgg16_features"]["learning_rate"] = 0.001
@@ -86,8 +87,9 @@ def test_experiment_runs_land_in_the_project_store_and_status_is_precise(repo_co
 def test_dvc_exp_run_applies_the_book_profile_as_the_profile_says(repo_copy):
     # Only the download stage runs: this checks that DVC takes every -S value
     # of the profile and writes params.yaml so that it loads as the book.
-    from catsdogs.config import load_params
-    from catsdogs.profiles import load_params_with_profile, load_profile, set_arguments
+    from catsdogs.core.config import load_params
+    from catsdogs.core.profile_params import load_params_with_profile, load_profile
+    from catsdogs.speed.profiles import set_arguments
 
     expected = load_params_with_profile(repo_copy / "params.yaml", "book")
     run(["dvc", "exp", "run", "-n", "book-check", *set_arguments(load_profile("book")), "download"], repo_copy)

@@ -19,10 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catsdogs import cli, predict, tracking
-from catsdogs.inputs import load_split_arrays
-from catsdogs.predict import PredictError, Prediction
-from catsdogs.tracking import TrackingError
+from catsdogs.serving import cli
+
+from catsdogs.serving import predict
+
+from catsdogs.data.inputs import load_split_arrays
+from catsdogs.serving.predict import PredictError, Prediction
+from catsdogs.tracking import mlflow_runs
+from catsdogs.tracking.mlflow_runs import TrackingError
 
 from conftest import real_photos, synthetic_photo, write_split_folders
 
@@ -44,11 +48,11 @@ def warm_cool_classifier(size: int = SIZE) -> keras.Model:
 def register_classifier(project: Path, stage: str, model: keras.Model, champion: bool) -> str:
     """Logs ``model`` as the project's stage would, optionally moving ``champion`` to it."""
     example = np.zeros((1, *model.input_shape[1:]), dtype=np.float32)
-    with tracking.start_run(stage, {"base.image_size": model.input_shape[1]}, manifest=None, root=project) as run:
+    with mlflow_runs.start_run(stage, {"base.image_size": model.input_shape[1]}, manifest=None, root=project) as run:
         run.log_summary({"best_val_accuracy": 0.9})
         version = run.log_model(model, example=example)
     if champion:
-        mlflow.MlflowClient().set_registered_model_alias(tracking.REGISTERED_MODEL_NAME, "champion", version)
+        mlflow.MlflowClient().set_registered_model_alias(mlflow_runs.REGISTERED_MODEL_NAME, "champion", version)
     return version
 
 
@@ -251,7 +255,7 @@ def test_a_project_without_a_store_says_to_run_the_pipeline(tmp_path, monkeypatc
 def test_a_store_without_registered_models_has_no_aliases(tmp_path, monkeypatch):
     project = new_project(tmp_path / "untrained")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.use_experiment(project)
+    mlflow_runs.use_experiment(project)
     monkeypatch.chdir(project)
 
     with pytest.raises(PredictError, match="aliases: none yet"):

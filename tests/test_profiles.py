@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from catsdogs.profiles import (
-    ProfileError, apply_profile, experiment_command, load_params_with_profile, load_profile, set_arguments,
-)
+from catsdogs.core.profile_params import ProfileError, apply_profile, load_params_with_profile, load_profile
+from catsdogs.speed.profiles import experiment_command, set_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -89,7 +88,7 @@ def test_a_missing_profile_lists_the_known_ones(tmp_path):
 
 def test_dry_run_prints_the_command_without_running_it():
     done = subprocess.run(
-        [sys.executable, "-m", "catsdogs.profiles", "book", "--dry-run", "--no-estimate"],
+        [sys.executable, "-m", "catsdogs.speed.profiles", "book", "--dry-run", "--no-estimate"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     assert "$ dvc exp run -n book-" in done.stdout

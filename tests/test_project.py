@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.project import ROOT_ENV, in_project, project_root
+from catsdogs.core.project import ROOT_ENV, in_project, project_root
 
 
 @pytest.fixture(autouse=True)

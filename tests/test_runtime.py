@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from catsdogs import models
-from catsdogs.config import ParamsError, parse_params
-from catsdogs.runtime import configure_runtime, detect_device, resolve_precision
+from catsdogs.core.config import ParamsError, parse_params
+from catsdogs.core.runtime import configure_runtime, detect_device, resolve_precision
+from catsdogs.models import networks
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +44,8 @@ def test_unknown_precision_is_refused():
 
 def test_mixed_precision_trains_and_keeps_a_float32_probability():
     configure_runtime("mixed_float16")
-    model = models.build_scratch_cnn(48)
-    models.compile_model(model, "rmsprop", 1e-3)
+    model = networks.build_scratch_cnn(48)
+    networks.compile_model(model, "rmsprop", 1e-3)
     assert next(l for l in model.layers if isinstance(l, keras.layers.Conv2D)).compute_dtype == "float16"
     images = np.random.default_rng(0).uniform(0, 255, (8, 48, 48, 3)).astype("float32")
     labels = np.array([0, 1] * 4, dtype="float32")

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from catsdogs.seeds import SeedReportError, scores_by_seed, spread, write_seed_report
+from catsdogs.evaluation.seeds import SeedReportError, scores_by_seed, spread, write_seed_report
 
 from conftest import run
 
@@ -64,7 +64,7 @@ def test_no_experiment_says_how_to_queue_them(tmp_path):
 @pytest.mark.slow
 def test_the_documented_queue_and_report_run(repo_copy):
     """The README's commands, on the tiny copy: two seeds of the trio, then the report."""
-    run(["dvc", "exp", "run", "--queue", "-S", "base.seed=1,2", "scratch_cnn", "regularized_cnn", "augmented_cnn"], repo_copy)
+    run(["dvc", "exp", "run", "--queue", "-S", "base.seed=1,2", "cnn@scratch_cnn", "cnn@regularized_cnn", "cnn@augmented_cnn"], repo_copy)
     run(["dvc", "queue", "start", "--jobs", "1"], repo_copy)
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline:
@@ -73,7 +73,7 @@ def test_the_documented_queue_and_report_run(repo_copy):
             break
         time.sleep(10)
     assert status.count("Success") == 2, status
-    done = run([sys.executable, "-m", "catsdogs.seeds"], repo_copy)
+    done = run([sys.executable, "-m", "catsdogs.evaluation.seeds"], repo_copy)
     table = pd.read_csv(repo_copy / "reports" / "seeds.csv").set_index("model")
     assert set(table.index) == {"scratch_cnn", "regularized_cnn", "augmented_cnn"}
     assert (table["best_val_accuracy_seeds"] == 2).all()

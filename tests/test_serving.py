@@ -2,7 +2,7 @@
 
 A 32x32 classifier is registered as @champion in a SQLite store in a temp
 project; the server runs as a subprocess on a free 127.0.0.1 port and the
-request body comes from `python -m catsdogs.cli request`, as documented.
+request body comes from `python -m catsdogs.serving.cli request`, as documented.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from catsdogs import predict
-
+from catsdogs.serving import predict
 from conftest import free_port, real_photos, running_server, synthetic_photo
 from test_predict import SIZE, STAGE, new_project, register_classifier, warm_cool_classifier
 
@@ -78,9 +77,9 @@ def server(project, tmp_path_factory):
 
 
 def request_json(project: dict, *photos: Path) -> str:
-    """The documented recipe: `python -m catsdogs.cli request PHOTO... > request.json`."""
+    """The documented recipe: `python -m catsdogs.serving.cli request PHOTO... > request.json`."""
     done = subprocess.run(
-        [sys.executable, "-m", "catsdogs.cli", "request", *map(str, photos)],
+        [sys.executable, "-m", "catsdogs.serving.cli", "request", *map(str, photos)],
         cwd=project["root"], env=child_env(), capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from catsdogs.errors import CatsDogsError
-from catsdogs.stage_runner import run_stage, timing_path
+from catsdogs.core.errors import CatsDogsError
+from catsdogs.core.stage_runner import run_stage, timing_path
 
 
 def test_a_stage_records_its_wall_time_and_peak_memory(tmp_path, capsys):

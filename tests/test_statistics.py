@@ -5,9 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from catsdogs import statistics as st
-
-
+from catsdogs.evaluation import statistics as st
 def test_wilson_interval_matches_the_hand_computed_one():
     # 750 of 1,000, z = 1.959964: centre (0.75 + z^2/2000) / (1 + z^2/1000) = 0.749043,
     # half-width z * sqrt(0.75 * 0.25 / 1000 + z^2 / 4e6) / (1 + z^2/1000) = 0.026804.

@@ -21,9 +21,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from catsdogs import tracking
-from catsdogs.resume import RESUME_DIR, STATE_FILE
-from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.core.study import dvc_stage
+from catsdogs.tracking import mlflow_runs
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.training.resume import RESUME_DIR, STATE_FILE
 
 from conftest import ROOT, TINY_PARAMS, write_split_folders
 
@@ -50,9 +51,9 @@ def make_project(folder: Path, stage: str, per_class: int, **settings) -> Path:
 
 def stage_command(stage: str) -> list[str]:
     return [
-        sys.executable, str(ROOT / "stages" / f"{stage}.py"), "--params", "params.yaml", "--data", "data/small",
-        "--model", f"models/{stage}.keras", "--metrics", f"metrics/training/{stage}.json", "--plots", f"plots/{stage}",
-        *(["--models", "models"] if stage == "augmented_cnn" else []),
+        sys.executable, str(ROOT / "stages" / "train.py"), stage, "--params", "params.yaml", "--data", "data/small",
+        "--models", "models", "--model", f"models/{stage}.keras", "--metrics", f"metrics/training/{stage}.json",
+        "--plots", f"plots/{stage}",
     ]
 
 
@@ -240,7 +241,7 @@ def test_ctrl_c_during_dvc_repro_then_checkout_is_clean_and_a_rerun_resumes(repo
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     params[stage].update({"epochs": EPOCHS, "steps_per_epoch": 40})
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", stage], repo_copy)
+    run(["dvc", "repro", dvc_stage(stage)], repo_copy)
     run(["git", "add", "-A"], repo_copy)
     run(["git", "commit", "-qm", "a good run"], repo_copy)
     good = keras.saving.load_model(repo_copy / "models" / f"{stage}.keras").get_weights()
@@ -249,7 +250,7 @@ def test_ctrl_c_during_dvc_repro_then_checkout_is_clean_and_a_rerun_resumes(repo
     # Ctrl-C in a terminal: SIGINT to the whole foreground process group, dvc and the stage.
     env = {**stage_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     dvc = subprocess.Popen(
-        ["dvc", "repro", "-f", stage], cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        ["dvc", "repro", "-f", dvc_stage(stage)], cwd=repo_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
     deadline = time.monotonic() + 300
@@ -272,15 +273,15 @@ def test_ctrl_c_during_dvc_repro_then_checkout_is_clean_and_a_rerun_resumes(repo
     # DVC deleted the stage's outputs before rerunning it: they come back without training.
     assert not (repo_copy / "metrics" / "training" / f"{stage}.json").exists()
     # (Only this stage and its upstream ran in this copy, hence the targets.)
-    assert json.loads(run(["dvc", "status", "--json", stage], repo_copy).stdout)
+    assert json.loads(run(["dvc", "status", "--json", dvc_stage(stage)], repo_copy).stdout)
     run(["git", "checkout", "--", "metrics", "plots"], repo_copy)
-    run(["dvc", "checkout", stage], repo_copy)
-    assert json.loads(run(["dvc", "status", "--json", stage], repo_copy).stdout) == {}
+    run(["dvc", "checkout", dvc_stage(stage)], repo_copy)
+    assert json.loads(run(["dvc", "status", "--json", dvc_stage(stage)], repo_copy).stdout) == {}
     for a, b in zip(good, keras.saving.load_model(repo_copy / "models" / f"{stage}.keras").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
     # The interrupted fit resumes on the next forced run and ends where the good run did.
-    again = run(["dvc", "repro", "-f", stage], repo_copy)
+    again = run(["dvc", "repro", "-f", dvc_stage(stage)], repo_copy)
     assert f"{stage}: resuming after epoch" in again.stdout
     for a, b in zip(good, keras.saving.load_model(repo_copy / "models" / f"{stage}.keras").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -324,7 +325,7 @@ def test_sigterm_during_feature_extraction_keeps_finished_splits_whole_and_nothi
     assert output.strip().splitlines()[-1] == "vgg16_bottleneck: stopped by SIGTERM"
     # The finished split is whole, the one in progress absent, and no temporary file is left.
     assert sorted(p.name for p in (project / "data" / "features").iterdir()) == ["train.npz"]
-    from catsdogs.bottleneck import load_features
+    from catsdogs.models.bottleneck import load_features
 
     features, labels = load_features(project / "data" / "features", "train")
     assert len(features) == len(labels) == 8

@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs import cli, store_copy, tracking
-from catsdogs.cnn_stages import train_cnn
-from catsdogs.config import parse_params
-from catsdogs.model_stage import StageOutputs
+from catsdogs.serving import cli
+
+from catsdogs.tracking import store_copy
+
+from catsdogs.core.config import parse_params
+from catsdogs.tracking import mlflow_runs
+from catsdogs.training.cnn_stages import train_cnn
+from catsdogs.training.model_stage import StageOutputs
 
 from conftest import TINY_PARAMS
 
@@ -26,8 +30,8 @@ def project_store(tmp_path, small_dataset, monkeypatch):
     model registered and aliased, and a parent run with a child."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(tracking, "EXPERIMENT_NAME", NAME)
-    monkeypatch.setattr(tracking, "REGISTERED_MODEL_NAME", NAME)
+    monkeypatch.setattr(mlflow_runs, "EXPERIMENT_NAME", NAME)
+    monkeypatch.setattr(mlflow_runs, "REGISTERED_MODEL_NAME", NAME)
     params = parse_params({k: dict(v) for k, v in TINY_PARAMS.items()})
     outputs = StageOutputs(tmp_path / "models" / "scratch_cnn.keras", tmp_path / "metrics" / "scratch_cnn.json", tmp_path / "plots" / "scratch_cnn")
     train_cnn("scratch_cnn", params, data_dir=small_dataset, outputs=outputs)

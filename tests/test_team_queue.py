@@ -10,7 +10,7 @@ import time
 import mlflow
 import pytest
 
-from catsdogs.tracking import EXPERIMENT_NAME
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME
 
 from conftest import command_env, run, stop_process_group
 
@@ -41,7 +41,7 @@ def test_two_experiments_at_once_log_every_epoch_of_both(store, repo_copy, reque
         env["MLFLOW_TRACKING_URI"] = uri
     epochs = {f"{store}-three": 3, f"{store}-four": 4}
     for name, n in epochs.items():
-        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"scratch_cnn.epochs={n}", "scratch_cnn"], repo_copy, **env)
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"scratch_cnn.epochs={n}", "cnn@scratch_cnn"], repo_copy, **env)
     # The workers `dvc queue start` leaves running hold its output open:
     # it runs in its own session with its output in a file, and the session
     # is ended (workers included) once the queue is done.

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import requests
 
-from catsdogs.config import TRAINING_STAGES
-from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.core.config import TRAINING_STAGES
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
 
 from conftest import GIT_ENV, ROOT, free_port, make_repo_copy, run, running_server
 
@@ -130,9 +130,9 @@ def test_champion_promotes_and_make_serve_serves_it_from_the_server(trained_on_s
     copy, stage_run, client = trained_on_server
     version = client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "scratch_cnn")
     server = {"MLFLOW_TRACKING_URI": team_engines.tracking_uri}
-    run([sys.executable, "-m", "catsdogs.champion", "promote", "--alias", "scratch_cnn"], copy, **server)
+    run([sys.executable, "-m", "catsdogs.evaluation.champion", "promote", "--alias", "scratch_cnn"], copy, **server)
     assert client.get_model_version_by_alias(REGISTERED_MODEL_NAME, "champion").version == version.version
-    shown = run([sys.executable, "-m", "catsdogs.champion", "show"], copy, **server).stdout
+    shown = run([sys.executable, "-m", "catsdogs.evaluation.champion", "show"], copy, **server).stdout
     assert "@champion" in shown and "@scratch_cnn" in shown, shown
     port = free_port()
     env = {**__import__("os").environ, **GIT_ENV, "MLFLOW_TRACKING_URI": team_engines.tracking_uri}

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from catsdogs import tracking
-from catsdogs.tracking import TrackingError
+from catsdogs.tracking import mlflow_runs
+from catsdogs.tracking.mlflow_runs import TrackingError
 
 STAGE = "scratch_cnn"
 EPOCHS = 3
@@ -86,7 +86,7 @@ def logged(project):
         mp.chdir(copy)
         keras.backend.clear_session()
         model = tiny_model()
-        with tracking.start_run(STAGE, params, manifest=manifest, extra_tags={"note": "test"}) as run:
+        with mlflow_runs.start_run(STAGE, params, manifest=manifest, extra_tags={"note": "test"}) as run:
             fit = model.fit(
                 x, y, validation_split=0.25, batch_size=4, epochs=EPOCHS, verbose=0,
                 callbacks=[run.callback()],
@@ -117,28 +117,28 @@ def test_project_root_of_a_dvc_experiment_copy_is_the_project(tmp_path):
     inside.mkdir(parents=True)
     (inside.parent / "dvc.yaml").write_text("stages: {}\n")  # the copy has its own dvc.yaml
 
-    assert tracking.project_root(inside) == tmp_path / "proj"
+    assert mlflow_runs.project_root(inside) == tmp_path / "proj"
 
 
 def test_project_root_is_the_folder_holding_dvc_yaml(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "src" / "pkg").mkdir(parents=True)
 
-    assert tracking.project_root(tmp_path / "src" / "pkg") == tmp_path
-    assert tracking.project_root(tmp_path) == tmp_path
+    assert mlflow_runs.project_root(tmp_path / "src" / "pkg") == tmp_path
+    assert mlflow_runs.project_root(tmp_path) == tmp_path
 
 
 def test_project_root_defaults_to_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.project_root() == tmp_path.resolve()
+    assert mlflow_runs.project_root() == tmp_path.resolve()
 
 
 def test_tracking_uri_is_an_absolute_sqlite_store_unless_overridden(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert mlflow_runs.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
-    assert tracking.tracking_uri(tmp_path) == "http://tracking.example:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow_runs.example:5000")
+    assert mlflow_runs.tracking_uri(tmp_path) == "http://mlflow_runs.example:5000"
 
 
 def test_run_from_an_experiment_copy_lands_in_the_project_store(logged, project):
@@ -216,7 +216,7 @@ def test_outside_an_experiment_the_model_takes_the_stage_alias(logged, project, 
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
     monkeypatch.chdir(project)
-    with tracking.start_run(STAGE, {}, manifest=None) as run:
+    with mlflow_runs.start_run(STAGE, {}, manifest=None) as run:
         version = run.log_model(logged["model"], example=logged["sample"][0])
 
     client = logged["client"]
@@ -239,7 +239,7 @@ def test_registered_model_predicts_like_keras(logged):
 def test_failing_block_ends_the_run_failed(logged, project, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(RuntimeError, match="boom"):
-        with tracking.start_run("broken_stage", {}, manifest=None, root=project) as run:
+        with mlflow_runs.start_run("broken_stage", {}, manifest=None, root=project) as run:
             raise RuntimeError("boom")
 
     assert mlflow.active_run() is None
@@ -249,7 +249,7 @@ def test_failing_block_ends_the_run_failed(logged, project, monkeypatch):
 def test_missing_manifest_is_a_clear_error(project, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(TrackingError, match="nothere.csv"):
-        with tracking.start_run(STAGE, {}, manifest=project / "nothere.csv", root=project):
+        with mlflow_runs.start_run(STAGE, {}, manifest=project / "nothere.csv", root=project):
             pass
 
 
@@ -265,15 +265,15 @@ def test_git_tags_see_code_edits_but_not_params_or_committed_results(tmp_path):
         (tmp_path / name).write_text("new\n")
     (tmp_path / "params.yaml").write_text("lr: 0.5\n")
     (tmp_path / "new_output.bin").write_bytes(b"\0")
-    assert tracking.git_tags(tmp_path) == {"git.commit": commit, "git.code_dirty": "false"}
+    assert mlflow_runs.git_tags(tmp_path) == {"git.commit": commit, "git.code_dirty": "false"}
 
     (tmp_path / "code.py").write_text("print('changed')\n")
-    assert tracking.git_tags(tmp_path)["git.code_dirty"] == "true"
+    assert mlflow_runs.git_tags(tmp_path)["git.code_dirty"] == "true"
 
 
 def test_git_tags_outside_a_repo_are_unknown(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert tracking.git_tags(tmp_path) == {"git.commit": "unknown", "git.code_dirty": "unknown"}
+    assert mlflow_runs.git_tags(tmp_path) == {"git.commit": "unknown", "git.code_dirty": "unknown"}
 
 
 def test_learning_rate_is_read_from_a_schedule():
@@ -281,7 +281,7 @@ def test_learning_rate_is_read_from_a_schedule():
     optimizer = keras.optimizers.SGD(schedule)
     optimizer.iterations.assign(2)
 
-    assert tracking.current_learning_rate(optimizer) == pytest.approx(0.025)
+    assert mlflow_runs.current_learning_rate(optimizer) == pytest.approx(0.025)
 
 
 def closed_port() -> int:
@@ -296,7 +296,7 @@ def test_unreachable_server_is_a_clear_error_within_seconds(tmp_path, monkeypatc
     started = time.monotonic()
 
     with pytest.raises(TrackingError, match="MLFLOW_TRACKING_URI") as caught:
-        with tracking.start_run(STAGE, {}, manifest=None, root=tmp_path):
+        with mlflow_runs.start_run(STAGE, {}, manifest=None, root=tmp_path):
             pytest.fail("the run must not start")
 
     assert time.monotonic() - started < 10
@@ -327,13 +327,13 @@ def health_server():
 
 def test_server_health_is_checked(health_server):
     uri, state = health_server
-    tracking.check_tracking_server(uri)
+    mlflow_runs.check_tracking_server(uri)
 
     state["status"] = 503
     with pytest.raises(TrackingError, match="HTTP 503"):
-        tracking.check_tracking_server(uri)
+        mlflow_runs.check_tracking_server(uri)
 
 
 def test_sqlite_store_in_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TrackingError, match="does not exist"):
-        tracking.check_tracking_server(f"sqlite:///{tmp_path}/nowhere/mlflow.db")
+        mlflow_runs.check_tracking_server(f"sqlite:///{tmp_path}/nowhere/mlflow.db")

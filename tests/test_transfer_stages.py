@@ -14,21 +14,21 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from catsdogs.bottleneck import (
+from catsdogs.models.bottleneck import (
     extract_bottleneck_features,
     feature_extractor,
     load_features,
     load_frozen_outputs,
+    unfreeze_from,
     vgg16_base,
 )
-from catsdogs.config import parse_params
-from catsdogs.model_stage import StageOutputs
-from catsdogs.tracking import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
-from catsdogs.transfer_stages import (
+from catsdogs.core.config import parse_params
+from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME, REGISTERED_MODEL_NAME
+from catsdogs.training.model_stage import StageOutputs
+from catsdogs.training.transfer_stages import (
     fine_tune,
     train_vgg16_augmented,
     train_vgg16_features,
-    unfreeze_from,
 )
 
 from conftest import TINY_PARAMS
@@ -100,7 +100,7 @@ def test_vgg16_stages_end_to_end(tmp_path, small_dataset, params, monkeypatch):
     )
     results["fine_tune"] = fine_tune(
         params, data_dir=small_dataset,
-        model_paths={s: tmp_path / "models" / f"{s}.keras" for s in ("vgg16_features", "vgg16_augmented")},
+        models_dir=tmp_path / "models",
         outputs=outputs_in(tmp_path, "fine_tune"), features_dir=tmp_path / "features",
     )
 

@@ -2,7 +2,7 @@
 
 A SQLite store in a temp project gets one finished run per stage (made with
 MLflow's client, no training), the UI runs as a subprocess with the command
-:func:`catsdogs.ui.ui_command` builds, and headless Chromium renders its pages
+:func:`catsdogs.serving.ui.ui_command` builds, and headless Chromium renders its pages
 (the UI is a React app: only a browser running its JavaScript shows the runs).
 Screenshots are kept in ``test-artifacts/`` at the repo root.
 """
@@ -25,8 +25,9 @@ import mlflow
 import pytest
 from mlflow.entities import Metric, Param
 
-from catsdogs import tracking, ui
+from catsdogs.tracking import mlflow_runs
 
+from catsdogs.serving import ui
 from conftest import ROOT, free_port, running_server, stop_process_group
 
 pytestmark = pytest.mark.slow
@@ -184,7 +185,7 @@ def store(tmp_path_factory):
     (root / "dvc.yaml").write_text("stages: {}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        experiment_id = tracking.use_experiment(root)
+        experiment_id = mlflow_runs.use_experiment(root)
         client = mlflow.MlflowClient()
         runs = {}
         for i, stage in enumerate(STAGES):
@@ -254,7 +255,7 @@ def test_experiment_page_lists_the_run_of_every_stage(store, ui_server, tmp_path
     missing = [stage for stage in STAGES if stage not in text]
     assert not missing, f"runs {missing} not shown; the page said: {text[:1500]}"
     assert f"{len(STAGES)} matching runs" in text
-    assert "Model training" in text and tracking.EXPERIMENT_NAME in text
+    assert "Model training" in text and mlflow_runs.EXPERIMENT_NAME in text
 
 
 def test_run_page_shows_the_runs_metrics(store, ui_server, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for catsdogs.vgg16_weights: every resolution path, its failures, and
+"""Tests for catsdogs.models.vgg16_weights: every resolution path, its failures, and
 that the weights it finds are really ImageNet-pretrained."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from catsdogs import vgg16_weights as vw
-from catsdogs.errors import CatsDogsError
-from catsdogs.vgg16_weights import (
+from catsdogs.core.errors import CatsDogsError
+from catsdogs.models import vgg16_weights as vw
+from catsdogs.models.vgg16_weights import (
     CONV_LAYERS,
     KERAS_NOTOP_FILE,
     PINNED_DIGEST,

@@ -1,0 +1,1 @@
+"""From the raw archive to batches: download, the small dataset, decoding, the input pipeline, augmentation."""

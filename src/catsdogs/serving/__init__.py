@@ -1,0 +1,1 @@
+"""Using the best model: predict, the command line, the MLflow UI."""

@@ -1,0 +1,1 @@
+"""How fast the pieces run and how long a run will take: throughput, estimates, the benchmark, profiles."""

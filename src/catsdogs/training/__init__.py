@@ -1,0 +1,1 @@
+"""One way through a training stage: data, model, fit with tracking, save and record, outputs."""
