@@ -58,7 +58,7 @@ bench: run ## measure speeds against the targets; writes reports/benchmark.json
 	python -m catsdogs.speed.benchmark
 
 compare: $(READY) ## main and its experiments side by side: each model's test accuracy, F1, training time
-	python -m catsdogs.evaluation.compare
+	python -m catsdogs.experiments.compare
 
 test: $(READY) ## run the test suite
 	python -m pytest

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from catsdogs.core.config import TRAINING_STAGES
-from catsdogs.evaluation.compare import WIDTH, render, rows_from_exp_show
+from catsdogs.experiments.compare import WIDTH, render, rows_from_exp_show
 
 
 def headline(accuracy: float, champion: bool = False) -> dict:

@@ -18,7 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from catsdogs.core.config import TRAINING_STAGES
-from catsdogs.evaluation.compare import WIDTH
+from catsdogs.experiments.compare import WIDTH
 from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME
 
 from conftest import make_repo_copy, run
@@ -175,7 +175,7 @@ def test_a_grid_of_two_queued_experiments_runs_two_at_a_time(project):
     assert start_a < end_b and start_b < end_a, f"the two scratch_cnn runs did not overlap: {spans}"
 
     # make compare: main and both experiments, every model's figures, in 120 columns.
-    compare = run(["python", "-m", "catsdogs.evaluation.compare"], project).stdout
+    compare = run(["python", "-m", "catsdogs.experiments.compare"], project).stdout
     print(compare)
     assert max(len(line) for line in compare.splitlines()) <= WIDTH
     accuracy_block = compare.split("\n\n")[0]

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from catsdogs.evaluation.seeds import SeedReportError, scores_by_seed, spread, write_seed_report
+from catsdogs.experiments.seeds import SeedReportError, scores_by_seed, spread, write_seed_report
 
 from conftest import run
 
@@ -22,6 +22,31 @@ FILES = {
     ("d4", "metrics/training/scratch_cnn.json"): {"best_val_accuracy": 0.10},
     ("e5", "metrics/training/scratch_cnn.json"): {"best_val_accuracy": 0.99},
 }
+
+
+def _lock(seed, *stages, evaluate=None):
+    """A dvc.lock whose training stages ran under ``seed``, and evaluate under ``evaluate``."""
+    entries = {f"cnn@{stage}": {"params": {"params.yaml": {"base": {"seed": seed, "image_size": 128}}}} for stage in stages}
+    if evaluate is not None:
+        entries["evaluate"] = {"params": {"params.yaml": {"base.seed": evaluate, "base.image_size": 128}}}
+    return {"schema": "2.0", "stages": entries}
+
+
+FILES.update({
+    ("a1", "dvc.lock"): _lock(1, "scratch_cnn", "augmented_cnn"),
+    ("b2", "dvc.lock"): _lock(2, "scratch_cnn", "augmented_cnn", evaluate=2),
+    ("c3", "dvc.lock"): _lock(3, "scratch_cnn"),
+    ("d4", "dvc.lock"): _lock(4, "scratch_cnn"),
+    ("e5", "dvc.lock"): _lock(3, "scratch_cnn"),
+    # Carried over from the commit the experiment started from: seed 42's files, not seed 6's.
+    ("f6", "dvc.lock"): _lock(42, "scratch_cnn", evaluate=42),
+    ("f6", "metrics/training/scratch_cnn.json"): {"best_val_accuracy": 0.99},
+    ("f6", "metrics/scratch_cnn.json"): {"test_accuracy": 0.99},
+    # Trained under its seed, but evaluate was not rerun: its test accuracy is seed 42's.
+    ("g7", "dvc.lock"): _lock(7, "scratch_cnn", evaluate=42),
+    ("g7", "metrics/training/scratch_cnn.json"): {"best_val_accuracy": 0.72},
+    ("g7", "metrics/scratch_cnn.json"): {"test_accuracy": 0.99},
+})
 RECORDS = [
     {"Experiment": None, "rev": "workspace", "base.seed": 42},
     {"Experiment": "s1", "rev": "a1", "State": "Success", "base.seed": 1},
@@ -29,6 +54,10 @@ RECORDS = [
     {"Experiment": "s3", "rev": "c3", "State": "Success", "base.seed": 3},
     {"Experiment": "s3-failed", "rev": "d4", "State": "Failed", "base.seed": 4},
     {"Experiment": "s3-again", "rev": "e5", "State": "Success", "base.seed": 3},  # seed 3 counts once
+]
+STALE = [
+    {"Experiment": "s6", "rev": "f6", "State": "Success", "base.seed": 6},
+    {"Experiment": "s7", "rev": "g7", "State": "Success", "base.seed": 7},
 ]
 
 
@@ -54,6 +83,13 @@ def test_mean_and_spread_per_model_by_hand(tmp_path):
     assert pd.read_csv(tmp_path / "seeds.csv")["model"].tolist() == ["scratch_cnn", "augmented_cnn"]
 
 
+def test_files_a_stage_did_not_rerun_under_the_seed_do_not_count():
+    scores = scores_by_seed(STALE, read)
+    assert scores.to_dict("records") == [
+        {"seed": 7, "experiment": "s7", "model": "scratch_cnn", "best_val_accuracy": 0.72, "test_accuracy": None}
+    ]
+
+
 def test_no_experiment_says_how_to_queue_them(tmp_path):
     with pytest.raises(SeedReportError, match="dvc exp run --queue -S 'base.seed=1,2,3'"):
         write_seed_report(RECORDS[:1], read, tmp_path)
@@ -73,7 +109,7 @@ def test_the_documented_queue_and_report_run(repo_copy):
             break
         time.sleep(10)
     assert status.count("Success") == 2, status
-    done = run([sys.executable, "-m", "catsdogs.evaluation.seeds"], repo_copy)
+    done = run([sys.executable, "-m", "catsdogs.experiments.seeds"], repo_copy)
     table = pd.read_csv(repo_copy / "reports" / "seeds.csv").set_index("model")
     assert set(table.index) == {"scratch_cnn", "regularized_cnn", "augmented_cnn"}
     assert (table["best_val_accuracy_seeds"] == 2).all()

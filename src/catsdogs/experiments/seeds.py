@@ -7,10 +7,14 @@ the queue, then summarise the experiments::
     dvc exp run --queue -S 'base.seed=1,2,3' cnn@scratch_cnn cnn@regularized_cnn cnn@augmented_cnn
     dvc queue start --jobs 1
     dvc queue status                     # until every task is Success
-    python -m catsdogs.evaluation.seeds             # writes reports/seeds.md and reports/seeds.csv
+    python -m catsdogs.experiments.seeds             # writes reports/seeds.md and reports/seeds.csv
 
 Queued experiments may also run the whole pipeline (no stage names): the
 report then adds each model's test accuracy to its validation accuracy.
+An experiment commit also carries the files of the stages it did not rerun
+(the VGG16 models' and evaluate's, from the seed of the commit it started
+from): a figure counts for a seed only when that commit's ``dvc.lock``
+says the stage that wrote it ran under that seed.
 The experiments of the workspace's commit are listed by
 ``dvc.api.exp_show``; each one's ``metrics/training/<stage>.json`` (and
 headline ``metrics/<stage>.json``) is read from its commit, where Git
@@ -28,8 +32,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from catsdogs.core.config import TRAINING_STAGES
+from catsdogs.core.study import dvc_stage
 from catsdogs.core.errors import CatsDogsError
 
 SEED_PARAM = "base.seed"
@@ -78,9 +84,12 @@ def scores_by_seed(
         if seed is None or rev is None or record.get("State") not in (None, "Success") or seed in seen:
             continue
         found = False
+        lock = (read(str(rev), "dvc.lock") or {}).get("stages", {})
         for stage in stages:
-            training = read(str(rev), f"metrics/training/{stage}.json") or {}
-            headline = read(str(rev), f"metrics/{stage}.json") or {}
+            # Commits made before dvc.yaml's `cnn` template name the stage by its model.
+            ran = _ran_with_seed(lock.get(dvc_stage(stage), lock.get(stage)), seed)
+            training = (read(str(rev), f"metrics/training/{stage}.json") or {}) if ran else {}
+            headline = (read(str(rev), f"metrics/{stage}.json") or {}) if _ran_with_seed(lock.get("evaluate"), seed) else {}
             validation, test = _number(training.get("best_val_accuracy")), _number(headline.get("test_accuracy"))
             if validation is None and test is None:
                 continue
@@ -90,6 +99,14 @@ def scores_by_seed(
         if found:
             seen.add(seed)
     return pd.DataFrame(rows, columns=["seed", "experiment", "model", *(key for key, _ in SCORES)])
+
+
+def _ran_with_seed(entry: Mapping[str, object] | None, seed: object) -> bool:
+    """Whether a dvc.lock stage entry records ``base.seed`` = ``seed`` (as ``base.seed`` or inside ``base``)."""
+    params = ((entry or {}).get("params") or {}).get("params.yaml") or {}
+    base = params.get("base")
+    recorded = params.get(SEED_PARAM, base.get("seed") if isinstance(base, Mapping) else None)
+    return recorded is not None and recorded == seed
 
 
 def spread(scores: pd.DataFrame) -> pd.DataFrame:
@@ -151,15 +168,15 @@ def experiment_records(repo: Path) -> list[dict]:
 
 
 def git_reader(repo: Path) -> Reader:
-    """Reads a JSON file as an experiment commit holds it (metrics/ is versioned in Git)."""
+    """Reads a JSON file (or dvc.lock, YAML) as an experiment commit holds it (Git versions both)."""
 
     def read(rev: str, path: str) -> dict | None:
         done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True)
         if done.returncode != 0:
             return None
         try:
-            return json.loads(done.stdout)
-        except json.JSONDecodeError:
+            return yaml.safe_load(done.stdout) if path.endswith((".lock", ".yaml")) else json.loads(done.stdout)
+        except (json.JSONDecodeError, yaml.YAMLError):
             return None
 
     return read

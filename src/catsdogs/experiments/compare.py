@@ -10,8 +10,8 @@ finished, in the workspace, ``--temp`` or the queue), and prints one block
 per figure, a row per experiment and a column per model, then the params
 each experiment changed::
 
-    python -m catsdogs.evaluation.compare            # what make compare runs
-    python -m catsdogs.evaluation.compare -A         # every commit's experiments (dvc exp show -A)
+    python -m catsdogs.experiments.compare            # what make compare runs
+    python -m catsdogs.experiments.compare -A         # every commit's experiments (dvc exp show -A)
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def exp_show_json(args: Iterable[str] = ()) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m catsdogs.evaluation.compare", description=__doc__.splitlines()[0],
+        prog="python -m catsdogs.experiments.compare", description=__doc__.splitlines()[0],
     )
     parser.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed to dvc exp show, e.g. -A or --rev main")
     args = parser.parse_args(argv)
