@@ -18,6 +18,7 @@ import yaml
 from mlflow import MlflowClient
 
 from catsdogs.core.config import TRAINING_STAGES
+from catsdogs.core.study import dvc_stage
 from catsdogs.experiments.compare import WIDTH
 from catsdogs.tracking.mlflow_runs import EXPERIMENT_NAME
 
@@ -70,8 +71,9 @@ def headline(cwd: Path) -> dict[str, dict]:
 
 def ran_and_skipped(output: str) -> tuple[set[str], set[str]]:
     stages = ("download", "build_small_dataset", *TRAINING_STAGES, "vgg16_bottleneck", "evaluate")
-    ran = {s for s in stages if f"Running stage '{s}'" in output}
-    skipped = {s for s in stages if f"Stage '{s}' didn't change, skipping" in output}
+    # DVC prints the template's stage names (cnn@scratch_cnn); these sets hold the models'.
+    ran = {s for s in stages if f"Running stage '{dvc_stage(s)}'" in output}
+    skipped = {s for s in stages if f"Stage '{dvc_stage(s)}' didn't change, skipping" in output}
     return ran, skipped
 
 
