@@ -85,11 +85,12 @@ def scores_by_seed(
             continue
         found = False
         lock = (read(str(rev), "dvc.lock") or {}).get("stages", {})
+        evaluated = _ran_with_seed(lock.get("evaluate"), seed)
         for stage in stages:
             # Commits made before dvc.yaml's `cnn` template name the stage by its model.
             ran = _ran_with_seed(lock.get(dvc_stage(stage), lock.get(stage)), seed)
             training = (read(str(rev), f"metrics/training/{stage}.json") or {}) if ran else {}
-            headline = (read(str(rev), f"metrics/{stage}.json") or {}) if _ran_with_seed(lock.get("evaluate"), seed) else {}
+            headline = (read(str(rev), f"metrics/{stage}.json") or {}) if evaluated else {}
             validation, test = _number(training.get("best_val_accuracy")), _number(headline.get("test_accuracy"))
             if validation is None and test is None:
                 continue
