@@ -157,6 +157,8 @@ def test_the_only_dvc_metrics_are_one_headline_file_per_model():
     assert {name: sorted(paths) for name, paths in declared.items()} == {
         "evaluate": sorted(f"metrics/{stage}.json" for stage in TRAINING_STAGES)
     }
+    # DVC sorts a resolved stage's outputs; dvc.yaml itself lists them in pipeline order.
+    assert list(_declared(DVC["stages"]["evaluate"], "metrics")) == [f"metrics/{stage}.json" for stage in TRAINING_STAGES]
 
 
 def test_stage_script_runs_through_run_stage_with_its_own_name():
